@@ -1,0 +1,228 @@
+"""Structured-config schemas behind every YAML file under `conf/`.
+
+Each config group option starts from a `base_<option>` dataclass stored here (Hydra's
+"structured config schema" pattern): the YAML file lists `base_<option>` first in its
+defaults, so keys and types are checked when the config is composed. Primary configs
+(`generate`, `train`, ...) have a schema too, so a misspelt top-level key fails as well.
+Group nodes are typed `Any` in the primary schemas: the option's own schema validates them.
+"""
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING
+
+# --------------------------------------------------------------------------- paths
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "${paths.root_dir}/data"
+    # the run directory Hydra made for this run (outputs/<task>/runs/<time>/ or a sweep job dir)
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+# ------------------------------------------------------------------------ datasets
+
+
+@dataclass
+class DatasetConfig:
+    name: str = MISSING
+
+
+@dataclass
+class RecSys2021DummyConfig(DatasetConfig):
+    """The seeded RecSys 2021 generator (docs/generator.md explains every knob)."""
+
+    name: str = "recsys2021_dummy"
+    rows: int = 100_000
+    test_fraction: float = 0.1
+    signal: float = 1.0
+    num_users: int = 20_000
+    num_tweets: int = 50_000
+    num_hashtags: int = 5_000
+    num_domains: int = 1_000
+    num_languages: int = 66
+    num_text_tokens: int = 30_000
+    zipf_user_activity: float = 1.0
+    zipf_authors: float = 1.1
+    zipf_tweets: float = 0.9
+    zipf_hashtags: float = 1.1
+    zipf_domains: float = 1.2
+    zipf_languages: float = 1.5
+
+
+@dataclass
+class RecSys2021Config(DatasetConfig):
+    """Raw RecSys 2021 data on disk: the real challenge data or the generator's output."""
+
+    name: str = "recsys2021"
+    path: str = "${paths.data_dir}/recsys2021"
+    format: str = "parquet"
+
+
+# -------------------------------------------------------------------------- models
+
+
+@dataclass
+class ModelConfig:
+    _target_: str = MISSING
+    embedding_dim: int = 8
+
+
+@dataclass
+class WideDeepConfig(ModelConfig):
+    _target_: str = "recsys.models.wide_deep.WideDeep"
+    hidden_units: list[int] = field(default_factory=lambda: [1024, 1024])
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+
+@dataclass
+class DeepFMConfig(ModelConfig):
+    _target_: str = "recsys.models.deepfm.DeepFM"
+    hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
+    dropout: float = 0.0
+    batch_norm: bool = False
+
+
+@dataclass
+class TwoTowerConfig(ModelConfig):
+    _target_: str = "recsys.models.two_tower.TwoTower"
+    embedding_dim: int = 16
+    tower_units: list[int] = field(default_factory=lambda: [1024, 512, 128])
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    loss: str = "in_batch"
+
+
+# ------------------------------------------------------------------------ backends
+
+
+@dataclass
+class BackendConfig:
+    name: str = MISSING
+    num_workers: int = 1
+    cpus_per_worker: int = 1
+    ipex: bool = False
+
+
+@dataclass
+class LocalBackendConfig(BackendConfig):
+    name: str = "local"
+
+
+@dataclass
+class RayBackendConfig(BackendConfig):
+    name: str = "ray"
+    num_workers: int = 2
+    address: str | None = None
+    max_failures: int = 1
+
+
+# ------------------------------------------------------------------------- trainer
+
+
+class Precision(Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    auto = "auto"
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 3
+    batch_size: int = 3200
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    precision: Precision = Precision.fp32
+    early_stopping_metric: str = "val/auc"
+    early_stopping_mode: str = "max"
+    patience: int = 2
+
+
+# ----------------------------------------------------------------- primary configs
+
+
+@dataclass
+class GenerateConfig:
+    task_name: str = "generate"
+    rows: int = II("dataset.rows")
+    signal: float = II("dataset.signal")
+    seed: int = 0
+    out: str = "${paths.data_dir}/recsys2021"
+    overwrite: bool = False
+    partitions: int | None = None
+    workers: int | None = None
+    dataset: Any = MISSING
+    paths: Any = MISSING
+
+
+@dataclass
+class TrainConfig:
+    task_name: str = "train"
+    data: str = "${paths.data_dir}/recsys2021_wnd"
+    seed: int = 0
+    resume: bool = False
+    model: Any = MISSING
+    backend: Any = MISSING
+    trainer: Any = MISSING
+    paths: Any = MISSING
+
+
+@dataclass
+class ExportConfig:
+    task_name: str = "export"
+    ranker_run: str = MISSING
+    retrieval_run: str = MISSING
+    out: str = "bundles/demo"
+    format: str = "torchscript"
+    overwrite: bool = False
+    paths: Any = MISSING
+
+
+@dataclass
+class ServeConfig:
+    task_name: str = "serve"
+    bundle: str = "bundles/demo"
+    host: str = "127.0.0.1"
+    port: int = 50051
+    paths: Any = MISSING
+
+
+@dataclass
+class PipelineStages:
+    rows: int = 100_000
+    work_dir: str = "${paths.data_dir}/demo"
+
+
+@dataclass
+class PipelineConfig:
+    task_name: str = "pipeline"
+    seed: int = 0
+    resume: bool = True
+    pipeline: PipelineStages = field(default_factory=PipelineStages)
+    dataset: Any = MISSING
+    paths: Any = MISSING
+
+
+def register_configs() -> None:
+    """Store every schema in Hydra's ConfigStore (idempotent; call before composing)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_generate", node=GenerateConfig)
+    cs.store(name="base_train", node=TrainConfig)
+    cs.store(name="base_export", node=ExportConfig)
+    cs.store(name="base_serve", node=ServeConfig)
+    cs.store(name="base_pipeline", node=PipelineConfig)
+    cs.store(group="paths", name="base_paths", node=PathsConfig)
+    cs.store(group="dataset", name="base_recsys2021_dummy", node=RecSys2021DummyConfig)
+    cs.store(group="dataset", name="base_recsys2021", node=RecSys2021Config)
+    cs.store(group="model", name="base_wide_deep", node=WideDeepConfig)
+    cs.store(group="model", name="base_deepfm", node=DeepFMConfig)
+    cs.store(group="model", name="base_two_tower", node=TwoTowerConfig)
+    cs.store(group="backend", name="base_local", node=LocalBackendConfig)
+    cs.store(group="backend", name="base_ray", node=RayBackendConfig)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)

@@ -1,0 +1,1 @@
+"""Online side: gRPC services over an exported bundle. Depends on `recsys`, never the reverse."""
