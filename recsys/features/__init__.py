@@ -1,0 +1,1 @@
+"""Feature engineering on Spark: fitted operations, FeaturePipeline, FeatureSpec."""
