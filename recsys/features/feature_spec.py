@@ -5,13 +5,13 @@ hard-code column names or sizes: they read them from here.
 
 Column contract of the processed parquet, per feature kind:
 
-| kind              | parquet column                        | tensor in a batch      | `size`          |
-|-------------------|---------------------------------------|------------------------|-----------------|
-| categorical       | int64 index                           | B (int64)              | embedding rows  |
-| hashed, cross     | int64 index                           | B (int64)              | embedding rows  |
-| multi_categorical | list<int64>, padded with 0 to max_len | B x max_len (int64)    | embedding rows  |
-| continuous        | float32                               | B (float32)            | None            |
-| label             | float32 0/1                           | B (float32)            | None            |
+| kind              | parquet column                     | batch tensor        | `size`         |
+|-------------------|------------------------------------|---------------------|----------------|
+| categorical       | int64 index                        | B (int64)           | embedding rows |
+| hashed, cross     | int64 index                        | B (int64)           | embedding rows |
+| multi_categorical | list<int64>, 0-padded to max_len   | B x max_len (int64) | embedding rows |
+| continuous        | float32                            | B (float32)         | None           |
+| label             | float32 0/1                        | B (float32)         | None           |
 
 Every index lies in `[0, size)`. Index 0 means missing (and padding); for vocabularies index 1
 is "unknown" and known values start at 2 in descending frequency (DESIGN.md, "Encoding").
