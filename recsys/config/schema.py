@@ -69,8 +69,15 @@ class RecSys2021Config(DatasetConfig):
 
 @dataclass
 class ModelConfig:
+    """Knobs shared by every model; `recsys.models.build_model(cfg.model, spec)` builds one
+    (each constructor takes these as keyword arguments; sizes come from the FeatureSpec)."""
+
     _target_: str = MISSING
     embedding_dim: int = 8
+    # per-feature embedding sizes overriding embedding_dim ({} = none)
+    embedding_dims: dict[str, int] = field(default_factory=dict)
+    # sparse gradients for embedding tables (needs SparseAdam/Adagrad/SGD on those weights)
+    sparse: bool = False
 
 
 @dataclass
@@ -87,6 +94,7 @@ class DeepFMConfig(ModelConfig):
     hidden_units: list[int] = field(default_factory=lambda: [400, 400, 400])
     dropout: float = 0.0
     batch_norm: bool = False
+    wide_first_order: bool = True
 
 
 @dataclass
@@ -97,6 +105,8 @@ class TwoTowerConfig(ModelConfig):
     temperature: float = 0.05
     learn_temperature: bool = False
     loss: str = "in_batch"
+    dropout: float = 0.0
+    batch_norm: bool = False
 
 
 # ------------------------------------------------------------------------ backends

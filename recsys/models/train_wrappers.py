@@ -1,0 +1,141 @@
+"""Training wrappers that own the loss (the torchrec pattern).
+
+The exported modules compute scores only; a wrapper takes the model and a batch and returns
+`(loss, logits)`: loss a 0-d fp32 tensor, logits B (the row-aligned scores that metrics such
+as AUC read). Each model class names its wrapper in `train_wrapper_class`, so the training
+loop calls `train_wrapper(model)` and never branches on the model's name.
+"""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TWO_TOWER_LOSSES = ("in_batch", "bce")
+
+
+def train_wrapper(model: nn.Module, **kwargs: Any) -> nn.Module:
+    """The model's training wrapper (`type(model).train_wrapper_class(model, **kwargs)`)."""
+    wrapper = getattr(type(model), "train_wrapper_class", None)
+    if wrapper is None:
+        raise TypeError(f"{type(model).__name__} names no train_wrapper_class")
+    return wrapper(model, **kwargs)
+
+
+def _label_of(model: nn.Module) -> str:
+    label = model.spec.label
+    if label is None:
+        raise ValueError(f"{type(model).__name__}: the feature spec names no label to train on")
+    return label
+
+
+class RankerTrain(nn.Module):
+    """Binary cross-entropy with logits on `batch[spec.label]` (0/1 float) for a ranker."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.label = _label_of(model)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        logits = self.model(batch)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), batch[self.label].float())
+        return loss, logits
+
+
+class TwoTowerTrain(nn.Module):
+    """The two-tower objectives.
+
+    - `bce`: labelled pairs; BCE with logits of <u, i> / temperature on `batch[spec.label]`.
+    - `in_batch`: sampled softmax over the batch's items. Each positive row (label > 0.5 when
+      the batch holds the spec's label, else every row) is a query; its candidates are all
+      the batch's items; other rows holding the same item (`spec.item_id`) are masked out, as
+      they are not negatives. The logQ correction (Yi et al. 2019, "Sampling-bias-corrected
+      neural modeling for large corpus item recommendations") subtracts log q(item) from
+      every candidate's logit, q being how likely the item is to be in a batch:
+      `item_log_q` (a tensor indexed by encoded item id) when given, else a streaming
+      estimate kept in buffers (the paper's Algorithm 2, one step per training batch,
+      learning rate `log_q_alpha`), unless `estimate_log_q` is False.
+
+    `loss=None` takes the model's configured `loss`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: str | None = None,
+        item_log_q: Tensor | None = None,
+        estimate_log_q: bool = True,
+        log_q_alpha: float = 0.01,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_name = loss if loss is not None else str(model.default_loss)
+        if self.loss_name not in TWO_TOWER_LOSSES:
+            raise ValueError(f"loss {self.loss_name!r} is not one of {TWO_TOWER_LOSSES}")
+        spec = model.spec
+        self.label: str | None = spec.label
+        if self.loss_name == "bce":
+            self.label = _label_of(model)
+        self.item_id: str | None = spec.item_id
+        self.estimate_log_q = False
+        self.log_q_alpha = float(log_q_alpha)
+        self.register_buffer("item_log_q", None)
+        if item_log_q is not None:
+            if self.item_id is None:
+                raise ValueError("item_log_q needs the spec's item_id to index it")
+            size = spec[self.item_id].size
+            if item_log_q.shape != (size,):
+                raise ValueError(f"item_log_q has shape {tuple(item_log_q.shape)}, want ({size},)")
+            self.item_log_q = item_log_q.detach().float().clone()
+        elif estimate_log_q and self.item_id is not None and self.loss_name == "in_batch":
+            size = spec[self.item_id].size
+            self.estimate_log_q = True
+            self.register_buffer("log_q_step", torch.zeros((), dtype=torch.long))
+            self.register_buffer("log_q_last_seen", torch.zeros(size))
+            self.register_buffer("log_q_gap", torch.zeros(size))
+
+    def _log_q(self, ids: Tensor) -> Tensor | None:
+        """log q for the batch's item ids (B), updating the streaming estimate in training."""
+        if self.item_log_q is not None:
+            return self.item_log_q[ids]
+        if not self.estimate_log_q:
+            return None
+        if self.training:
+            with torch.no_grad():
+                self.log_q_step += 1
+                step = self.log_q_step.float()
+                gap = step - self.log_q_last_seen[ids]
+                old = self.log_q_gap[ids]
+                blended = (1.0 - self.log_q_alpha) * old + self.log_q_alpha * gap
+                self.log_q_gap[ids] = torch.where(old > 0, blended, gap)
+                self.log_q_last_seen[ids] = step
+        # q = 1 / (batches between sightings); an item never seen counts as q = 1
+        return -torch.log(self.log_q_gap[ids].clamp(min=1.0))
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        users = self.model.user_embedding(batch)
+        items = self.model.item_embedding(batch)
+        scale = self.model.inverse_temperature()
+        logits = (users * items).sum(dim=-1) * scale
+        if self.loss_name == "bce":
+            assert self.label is not None
+            target = batch[self.label].float()
+            return F.binary_cross_entropy_with_logits(logits.float(), target), logits
+        scores = (users @ items.T).float() * scale  # B x B: query rows, candidate columns
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        if self.item_id is not None:
+            ids = batch[self.item_id]
+            log_q = self._log_q(ids)
+            if log_q is not None:
+                scores = scores - log_q.unsqueeze(0)
+            same_item = ids.unsqueeze(0) == ids.unsqueeze(1)
+            same_item.fill_diagonal_(False)
+            scores = scores.masked_fill(same_item, float("-inf"))
+        if self.label is not None and self.label in batch:
+            positive = batch[self.label] > 0.5
+            scores, rows = scores[positive], rows[positive]
+        if rows.numel() == 0:
+            return scores.sum() * 0.0, logits
+        return F.cross_entropy(scores, rows), logits
