@@ -3,6 +3,7 @@
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from omegaconf import DictConfig
@@ -14,15 +15,23 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def run_task(
     task: Callable[[DictConfig], T],
     cfg: DictConfig,
     check: Callable[[DictConfig], None] | None = None,
-) -> T:
+) -> T | None:
     """Run `check(cfg)`, record the run (config, overrides, git SHA, packages), run `task(cfg)`.
 
     A `RecsysError` (bad input the user can fix) becomes one line on stderr and exit code 2;
-    anything else is a bug and keeps its traceback.
+    anything else is a bug and keeps its traceback. Inside a sweep (`-m`) a failed job is
+    logged, its message written to `error.txt` in the job's directory, and the sweep goes on.
     """
     try:
         if check is not None:
@@ -30,6 +39,15 @@ def run_task(
         run_dir = record_run(cfg)
         log.debug("run directory: %s", run_dir)
         return task(cfg)
-    except RecsysError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as e:
+        if _in_sweep():
+            from hydra.core.hydra_config import HydraConfig
+
+            log.exception("job failed; the sweep goes on")
+            error_file = Path(HydraConfig.get().runtime.output_dir) / "error.txt"
+            error_file.write_text(f"{type(e).__name__}: {e}\n")
+            return None
+        if isinstance(e, RecsysError):
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        raise

@@ -142,16 +142,29 @@ class Precision(Enum):
     auto = "auto"
 
 
+class LrSchedule(Enum):
+    none = "none"
+    cosine = "cosine"
+
+
+class MetricMode(Enum):
+    max = "max"
+    min = "min"
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = 3
     batch_size: int = 3200
+    eval_batch_size: int = 8192
     lr: float = 1e-3
     weight_decay: float = 0.0
-    precision: Precision = Precision.fp32
-    early_stopping_metric: str = "val/auc"
-    early_stopping_mode: str = "max"
+    lr_schedule: LrSchedule = LrSchedule.none
+    early_stopping_metric: str = "auto"
+    early_stopping_mode: MetricMode = MetricMode.max
     patience: int = 2
+    retrieval_k: int = 50
+    max_steps_per_epoch: int | None = None
 
 
 # ----------------------------------------------------------------- primary configs
@@ -176,6 +189,7 @@ class TrainConfig:
     task_name: str = "train"
     data: str = "${paths.data_dir}/recsys2021_wnd"
     seed: int = 0
+    precision: Precision = Precision.fp32
     resume: bool = False
     model: Any = MISSING
     backend: Any = MISSING

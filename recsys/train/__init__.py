@@ -1,0 +1,1 @@
+"""Training: one loop for the local and Ray backends, precision, metrics, checkpoints."""

@@ -1,0 +1,196 @@
+"""The driver side of training: check the config, make the workers' plain dict, run a backend.
+
+The driver owns Hydra: it resolves the config once and hands workers a plain dict
+(`worker_config`). `backend=local` runs the loop in this process; `backend=ray` runs it under
+`ray.train.torch.TorchTrainer` on `backend.num_workers` workers (DDP over gloo), starting a
+local Ray unless `backend.address` names a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+
+from recsys.errors import RecsysError
+from recsys.features.feature_spec import FEATURE_SPEC_FILE, FeatureSpec
+from recsys.models import build_model
+from recsys.train.data import used_features
+from recsys.train.loop import train_loop_per_worker
+from recsys.train.precision import check_ipex, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+class TrainConfigError(RecsysError, ValueError):
+    """A training config that cannot work; found before any training starts."""
+
+
+def _enum_name(value: Any) -> str:
+    return value.name if hasattr(value, "name") else str(value)
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Everything that can be known wrong before training: sizes, data, spec vs data, model."""
+    trainer = cfg.trainer
+    for key in ("batch_size", "eval_batch_size", "epochs", "retrieval_k"):
+        if trainer[key] < 1:
+            raise TrainConfigError(f"trainer.{key} must be >= 1, got {trainer[key]}")
+    if trainer.lr <= 0:
+        raise TrainConfigError(f"trainer.lr must be > 0, got {trainer.lr}")
+    if cfg.backend.num_workers < 1 or cfg.backend.cpus_per_worker < 1:
+        raise TrainConfigError("backend.num_workers and backend.cpus_per_worker must be >= 1")
+    data = Path(cfg.data)
+    if not data.is_dir():
+        raise TrainConfigError(f"data directory {data} does not exist (set data=<processed dir>)")
+    if not (data / FEATURE_SPEC_FILE).is_file():
+        raise TrainConfigError(f"{data} holds no {FEATURE_SPEC_FILE}: run recsys.preprocess first")
+    spec = FeatureSpec.load(data)
+    for split in ("train", "valid"):
+        split_dir = data / split
+        files = sorted(split_dir.glob("*.parquet")) if split_dir.is_dir() else []
+        if not files:
+            raise TrainConfigError(f"{split_dir} holds no parquet files")
+        try:
+            columns = set(pq.read_schema(files[0]).names)
+        except Exception as e:
+            raise TrainConfigError(f"cannot read {files[0]}: {e}") from e
+        missing = [f.name for f in used_features(spec) if f.name not in columns]
+        if missing:
+            raise TrainConfigError(
+                f"the spec does not match the data: {files[0]} lacks columns {missing}"
+            )
+    try:
+        model = build_model(cfg.model, spec)
+    except (ValueError, TypeError, KeyError) as e:
+        raise TrainConfigError(f"model {cfg.model._target_} cannot be built: {e}") from e
+    if not hasattr(model, "item_tower") and spec.label is None:
+        raise TrainConfigError(f"{FEATURE_SPEC_FILE} names no label for a ranker to train on")
+    if cfg.backend.ipex:
+        check_ipex()
+
+
+def worker_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The plain dict every worker gets (no Hydra, no OmegaConf)."""
+    precision, why = resolve_precision(_enum_name(cfg.precision))
+    log.info("precision %s (%s)", precision, why)
+    trainer = OmegaConf.to_container(cfg.trainer, resolve=True, enum_to_str=True)
+    return {
+        "backend": cfg.backend.name,
+        "data": str(Path(cfg.data).resolve()),
+        "run_dir": str(run_dir.resolve()),
+        "seed": int(cfg.seed),
+        "resume": bool(cfg.resume),
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "trainer": trainer,
+        "precision": precision,
+        "threads": int(cfg.backend.cpus_per_worker),
+        "ipex": bool(cfg.backend.ipex),
+        "resolved_config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+    }
+
+
+def run_training(
+    cfg: DictConfig, run_dir: Path, *, fail_once_at: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Train with the configured backend; return `result.json` (best metric, test metrics).
+
+    `fail_once_at` ({epoch, step, rank, marker}) raises once inside the loop: a test hook
+    for failure recovery.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = worker_config(cfg, run_dir)
+    if fail_once_at is not None:
+        config["fail_once_at"] = fail_once_at
+    if cfg.resume and not (run_dir / "checkpoints" / "last" / "state.json").is_file():
+        raise TrainConfigError(f"resume=true but {run_dir}/checkpoints/last holds no checkpoint")
+    if config["backend"] == "ray":
+        run_ray(config, cfg.backend)
+    else:
+        train_loop_per_worker(config)
+    result = json.loads((run_dir / "result.json").read_text())
+    log.info(
+        "best %s %.4f at epoch %s; run directory %s",
+        result["metric"],
+        result["best"] if result["best"] is not None else float("nan"),
+        result["best_epoch"],
+        run_dir,
+    )
+    return result
+
+
+def ensure_ray(address: str | None) -> None:
+    """Start a local Ray (or join `address`) once per process, with its logs kept off the console."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+    )
+
+
+@contextlib.contextmanager
+def _tail(path: Path, interval: float = 0.5) -> Iterator[None]:
+    """Log lines appended to `path` while the block runs (the workers' progress)."""
+    stop = threading.Event()
+
+    def follow() -> None:
+        position = 0
+        while True:
+            finished = stop.wait(interval)
+            if path.exists():
+                with path.open() as f:
+                    f.seek(position)
+                    for line in f:
+                        log.info(line.rstrip("\n"))
+                    position = f.tell()
+            if finished:
+                return
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_ray(config: dict[str, Any], backend: DictConfig) -> None:
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    ensure_ray(backend.address)
+    run_dir = Path(config["run_dir"])
+    last = run_dir / "checkpoints" / "last"
+    resume_from = Checkpoint.from_directory(str(last)) if config["resume"] else None
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=int(backend.num_workers),
+            use_gpu=False,
+            resources_per_worker={"CPU": float(backend.cpus_per_worker)},
+        ),
+        run_config=RunConfig(
+            name="ray",
+            storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=int(backend.max_failures)),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        resume_from_checkpoint=resume_from,
+    )
+    with _tail(run_dir / "progress.log"):
+        trainer.fit()
