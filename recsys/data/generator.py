@@ -16,6 +16,7 @@ on (settings, seed, partitions). docs/generator.md describes the planted engagem
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -24,8 +25,8 @@ import os
 import shutil
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from recsys.data.recsys2021 import ENGAGEMENTS, LIST_SEPARATOR, RAW_SCHEMA, TWEET_TYPES
+from recsys.data.recsys2021 import ENGAGEMENTS, LIST_SEPARATOR, RAW_SCHEMA
 from recsys.errors import RecsysError
 from recsys.provenance import write_json_atomic
 
@@ -109,7 +110,11 @@ class GeneratorSettings:
         if not (self.signal >= 0.0 and math.isfinite(self.signal)):
             raise GeneratorError(f"signal must be a finite number >= 0, got {self.signal}")
         for name in (
-            "num_users", "num_tweets", "num_hashtags", "num_domains", "num_languages",
+            "num_users",
+            "num_tweets",
+            "num_hashtags",
+            "num_domains",
+            "num_languages",
             "num_text_tokens",
         ):
             if getattr(self, name) < 1:
@@ -117,8 +122,12 @@ class GeneratorSettings:
         if self.num_users < 2:
             raise GeneratorError(f"num_users must be >= 2, got {self.num_users}")
         for name in (
-            "zipf_user_activity", "zipf_authors", "zipf_tweets", "zipf_hashtags",
-            "zipf_domains", "zipf_languages",
+            "zipf_user_activity",
+            "zipf_authors",
+            "zipf_tweets",
+            "zipf_hashtags",
+            "zipf_domains",
+            "zipf_languages",
         ):
             if getattr(self, name) < 0:
                 raise GeneratorError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -294,8 +303,9 @@ def build_world(s: GeneratorSettings) -> World:
     text = joined_lists(n_tokens + 2, pa.array(tokens))
 
     n_hashtags = np.where(list_rng.random(n_t) < 0.2, 1 + list_rng.poisson(0.8, n_t), 0)
-    hashtag_values = hashtag_pool.take(draw(list_rng, zipf_cdf(s.num_hashtags, s.zipf_hashtags),
-                                            int(n_hashtags.sum())))
+    hashtag_values = hashtag_pool.take(
+        draw(list_rng, zipf_cdf(s.num_hashtags, s.zipf_hashtags), int(n_hashtags.sum()))
+    )
     n_links = np.where(list_rng.random(n_t) < 0.15, 1 + (list_rng.random(n_t) < 0.1), 0)
     link_values = hex_ids(list_rng, int(n_links.sum()))
     domain_values = domain_pool.take(
@@ -352,7 +362,9 @@ def engagement_logits(
     return {kind: BASE_LOGIT[kind] + signal * score for kind in ENGAGEMENTS}
 
 
-def generate_block(w: World, s: GeneratorSettings, block: int) -> tuple[pa.Table, pa.Table, np.ndarray]:
+def generate_block(
+    w: World, s: GeneratorSettings, block: int
+) -> tuple[pa.Table, pa.Table, np.ndarray]:
     """Rows `[block * BLOCK_ROWS, ...)`: (raw rows, true probabilities, is-test mask)."""
     start = block * BLOCK_ROWS
     n = min(BLOCK_ROWS, s.rows - start)
@@ -403,7 +415,7 @@ def generate_block(w: World, s: GeneratorSettings, block: int) -> tuple[pa.Table
 def partition_bounds(rows: int, partitions: int) -> list[tuple[int, int]]:
     """Contiguous global row ranges, one per partition, as even as possible."""
     edges = [rows * i // partitions for i in range(partitions + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return list(itertools.pairwise(edges))
 
 
 _WORLD: World | None = None  # set in the parent before forking workers
@@ -504,8 +516,10 @@ def generate(
     global _WORLD
     try:
         _WORLD = build_world(settings)
-        jobs = [(settings, i, a, b, str(tmp)) for i, (a, b) in
-                enumerate(partition_bounds(settings.rows, partitions))]
+        jobs = [
+            (settings, i, a, b, str(tmp))
+            for i, (a, b) in enumerate(partition_bounds(settings.rows, partitions))
+        ]
         results = []
         if workers == 1:
             for job in jobs:
@@ -538,7 +552,10 @@ def _log_progress(result: dict, partitions: int) -> None:
     rows = result["rows"]
     log.info(
         "  partition %d/%d: %s train rows, %s test rows",
-        result["index"] + 1, partitions, f"{rows['train']:,}", f"{rows['test']:,}",
+        result["index"] + 1,
+        partitions,
+        f"{rows['train']:,}",
+        f"{rows['test']:,}",
     )
 
 
@@ -552,15 +569,21 @@ def _summarise(
         files[split] = [f"{split}/{r['name']}" for r in results]
         label_rate[split] = {
             kind: round(1.0 - sum(r["negatives"][split][kind] for r in results) / n, 6)
-            if n else 0.0
+            if n
+            else 0.0
             for kind in (*ENGAGEMENTS, "any")
         }
         auc[split] = best_auc(tmp, split) if n else None
         if auc[split] is not None:
             auc[split] = round(auc[split], 6)
     return GenerateSummary(
-        out=str(out), settings=asdict(s), partitions=partitions, rows=rows, files=files,
-        label_rate=label_rate, best_auc=auc,
+        out=str(out),
+        settings=asdict(s),
+        partitions=partitions,
+        rows=rows,
+        files=files,
+        label_rate=label_rate,
+        best_auc=auc,
     )
 
 
@@ -591,6 +614,8 @@ def format_summary(summary: GenerateSummary) -> str:
             f"  best achievable AUC on test (true probabilities, any engagement): "
             f"{summary.best_auc['test']:.4f}"
         )
-    lines.append(f"  files: {summary.out}/{{train,test}}/part-*.parquet, "
-                 f"_truth/ (true probabilities), _generator.json")
+    lines.append(
+        f"  files: {summary.out}/{{train,test}}/part-*.parquet, "
+        f"_truth/ (true probabilities), _generator.json"
+    )
     return "\n".join(lines)
