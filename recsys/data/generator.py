@@ -16,6 +16,7 @@ on (settings, seed, partitions). docs/generator.md describes the planted engagem
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -414,7 +415,7 @@ def generate_block(
 def partition_bounds(rows: int, partitions: int) -> list[tuple[int, int]]:
     """Contiguous global row ranges, one per partition, as even as possible."""
     edges = [rows * i // partitions for i in range(partitions + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    return list(itertools.pairwise(edges))
 
 
 _WORLD: World | None = None  # set in the parent before forking workers
