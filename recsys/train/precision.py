@@ -70,7 +70,9 @@ def check_ipex() -> str:
     try:
         import intel_extension_for_pytorch  # noqa: F401
     except Exception as e:  # an IPEX build that fails to import is as good as none
-        raise RecsysError(f"backend.ipex=true: {IPEX_PACKAGE} {ipex_version} fails to import: {e}")
+        raise RecsysError(
+            f"backend.ipex=true: {IPEX_PACKAGE} {ipex_version} fails to import: {e}"
+        ) from e
     return ipex_version
 
 

@@ -127,7 +127,7 @@ def run_training(
 
 
 def ensure_ray(address: str | None) -> None:
-    """Start a local Ray (or join `address`) once per process, with its logs kept off the console."""
+    """Start a local Ray (or join `address`) once per process; its logs stay off the console."""
     import ray
 
     if ray.is_initialized():
