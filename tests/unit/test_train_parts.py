@@ -1,0 +1,98 @@
+"""Training building blocks without a full run: config checks, shards, precision, IPEX check,
+early stopping."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from recsys.errors import RecsysError
+from recsys.train.data import DataError, iter_batches, read_shard
+from recsys.train.early_stopping import EarlyStopping
+from recsys.train.precision import check_ipex, cpu_flags, resolve_precision
+from recsys.train.run import TrainConfigError, check_train_config
+from tests.helpers.processed_data import spec, write_processed
+from tests.helpers.train_config import train_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_processed(tmp_path_factory.mktemp("processed"), rows=3000)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("trainer.batch_size=0", "trainer.batch_size must be >= 1"),
+        ("trainer.lr=0", "trainer.lr must be > 0"),
+        ("data=/nonexistent/dir", "data directory /nonexistent/dir does not exist"),
+    ],
+)
+def test_bad_config_fails_before_training(
+    data: Path, tmp_path: Path, override: str, fragment: str
+) -> None:
+    cfg = train_config(data, tmp_path, "wide_deep", override)
+    with pytest.raises(TrainConfigError, match=fragment):
+        check_train_config(cfg)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_spec_that_does_not_match_the_data_fails(data: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    bad = spec()
+    bad["user"].size = 50  # the data holds user indices up to 201
+    bad.save(broken)
+    with pytest.raises(DataError, match=r"'user' holds indices in \[2, 201\].*size is 50"):
+        read_shard(broken, "train", bad)
+    renamed = spec()
+    renamed.features[0].name = "user_idx"
+    renamed.user_id = "user_idx"
+    renamed.save(broken)
+    cfg = train_config(broken, tmp_path / "run", "wide_deep")
+    with pytest.raises(TrainConfigError, match=r"lacks columns \['user_idx'\]"):
+        check_train_config(cfg)
+
+
+def test_shards_split_rows_evenly_and_batches_cover_them(data: Path) -> None:
+    whole = read_shard(data, "train", spec())
+    parts = [read_shard(data, "train", spec(), rank, 3) for rank in range(3)]
+    per = whole.num_rows // 3
+    assert [p.num_rows for p in parts] == [per] * 3
+    joined = torch.cat([p.tensors["item"] for p in parts])
+    assert torch.equal(joined, whole.tensors["item"][: 3 * per])
+    assert whole.tensors["tags"].shape == (whole.num_rows, 3)
+    seen = torch.cat([b["item"] for b in iter_batches(parts[0], 100, shuffle=True, seed=3)])
+    assert sorted(seen.tolist()) == sorted(parts[0].tensors["item"].tolist())
+    again = torch.cat([b["item"] for b in iter_batches(parts[0], 100, shuffle=True, seed=3)])
+    assert torch.equal(seen, again)
+    other_epoch = torch.cat(
+        [b["item"] for b in iter_batches(parts[0], 100, shuffle=True, seed=3, epoch=1)]
+    )
+    assert not torch.equal(seen, other_epoch)
+
+
+def test_auto_precision_needs_amx() -> None:
+    assert resolve_precision("auto", {"avx512_bf16", "avx512f"})[0] == "fp32"
+    assert resolve_precision("auto", {"amx_bf16", "avx512_bf16"})[0] == "bf16"
+    assert resolve_precision("bf16", set())[0] == "bf16"
+    if "amx_bf16" not in cpu_flags():
+        assert resolve_precision("auto")[0] == "fp32"
+
+
+def test_ipex_without_a_matching_build_names_the_versions() -> None:
+    with pytest.raises(RecsysError, match="torch 2.13") as err:
+        check_ipex()
+    assert "2.8" in str(err.value)
+
+
+def test_early_stopping_counts_epochs_without_gain() -> None:
+    stopper = EarlyStopping("val/auc", "max", patience=2)
+    assert stopper.update(0, {"val/auc": 0.6})
+    assert not stopper.update(1, {"val/auc": 0.59})
+    assert not stopper.should_stop
+    assert not stopper.update(2, {"val/auc": 0.6})
+    assert stopper.should_stop and stopper.best_epoch == 0
+    with pytest.raises(KeyError, match="val/recall@10"):
+        EarlyStopping("val/recall@10").update(0, {"val/auc": 0.5})
