@@ -24,8 +24,10 @@ def train_from_config(cfg: DictConfig) -> float:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return run_task(train_from_config, cfg, check=check_train_config)
+def main(cfg: DictConfig) -> float:
+    best = run_task(train_from_config, cfg, check=check_train_config)
+    # a failed sweep job returns NaN, which Optuna records as a failed trial
+    return math.nan if best is None else best
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.helpers.processed_data import write_processed
 
@@ -59,3 +60,30 @@ def test_a_two_by_two_sweep_gives_four_runs_and_a_report(tmp_path: Path) -> None
     assert len(ok) == 2 and all(float(r["best"]) > 0.5 for r in ok)
     assert all(r["status"].startswith("failed") for r in rows if r not in ok)
     assert (sweep / "report.png").stat().st_size > 1000
+
+
+def test_an_optuna_sweep_runs_trials_and_reports_the_best(tmp_path: Path) -> None:
+    data = write_processed(tmp_path / "data", rows=3000)
+    sweep = tmp_path / "optuna"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "recsys.train",
+            "hparams_search=optuna",
+            f"data={data}",
+            "trainer.epochs=1",
+            "hydra.sweeper.n_trials=3",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "result.json").is_file())
+    assert jobs == ["0", "1", "2"]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {"trainer.lr", "model.embedding_dim", "model.hidden_units"}
+    assert 0.5 < best["best_value"] <= 1.0
