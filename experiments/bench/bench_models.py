@@ -16,6 +16,7 @@ Wide&Deep: see `recsys2021_wnd_spec`). Batches are random and follow the column 
 
 import argparse
 import json
+import os
 import time
 from collections.abc import Callable
 
@@ -148,6 +149,9 @@ def bench_model(
                     "ms_per_batch": round(seconds * 1e3, 1),
                     "samples_per_s": round(len(batch[spec.features[0].name]) / seconds),
                     "params": params,
+                    # the machine is shared: a 1-minute load above the thread count means
+                    # other processes took CPU from this figure
+                    "load_1min": round(os.getloadavg()[0], 2),
                 }
             )
     return figures
