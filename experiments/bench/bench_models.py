@@ -171,10 +171,16 @@ def main() -> None:
     register_configs()
     spec = FeatureSpec.load(args.spec) if args.spec else recsys2021_wnd_spec()
     batch = random_batch(spec, args.batch_size, torch.Generator().manual_seed(0))
+    # without oneDNN bf16 kernels (AVX512-BF16 or AMX) bf16 matmuls take a slow fallback
+    machine = {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "onednn_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+    }
     for name in args.models:
         for figure in bench_model(name, spec, batch, args.warmup, args.iters):
             line = {"bench": "models", **figure, "batch_size": args.batch_size}
             line |= {"threads": args.threads, "spec": args.spec or "recsys2021_wnd equivalent"}
+            line |= machine
             print(json.dumps(line), flush=True)
 
 
