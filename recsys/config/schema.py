@@ -74,7 +74,8 @@ class ModelConfig:
 
     _target_: str = MISSING
     embedding_dim: int = 8
-    # per-feature embedding sizes overriding embedding_dim ({} = none)
+    # per-feature embedding sizes overriding embedding_dim; add entries with a `+`:
+    # `+model.embedding_dims.tweet_id=16` ({} = none)
     embedding_dims: dict[str, int] = field(default_factory=dict)
     # sparse gradients for embedding tables (needs SparseAdam/Adagrad/SGD on those weights)
     sparse: bool = False
