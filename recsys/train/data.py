@@ -158,8 +158,13 @@ def iter_batches(
     epoch: int = 0,
     rank: int = 0,
     max_batches: int | None = None,
+    min_rows: int = 1,
 ) -> Iterator[Batch]:
-    """Batches of `batch_size` rows; with `shuffle`, a permutation seeded by (seed, epoch, rank)."""
+    """Batches of `batch_size` rows; with `shuffle`, a permutation seeded by (seed, epoch, rank).
+
+    A last batch with fewer than `min_rows` rows is skipped (training passes 2: batch norm
+    cannot normalise a single row).
+    """
     n = shard.num_rows
     order = None
     if shuffle:
@@ -170,6 +175,8 @@ def iter_batches(
         steps = min(steps, max_batches)
     for step in range(steps):
         lo, hi = step * batch_size, min((step + 1) * batch_size, n)
+        if hi - lo < min_rows:
+            return
         if order is None:
             yield {k: v[lo:hi] for k, v in shard.tensors.items()}
         else:

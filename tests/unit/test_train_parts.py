@@ -96,3 +96,11 @@ def test_early_stopping_counts_epochs_without_gain() -> None:
     assert stopper.should_stop and stopper.best_epoch == 0
     with pytest.raises(KeyError, match="val/recall@10"):
         EarlyStopping("val/recall@10").update(0, {"val/auc": 0.5})
+
+
+def test_a_last_batch_of_one_row_can_be_skipped(data: Path) -> None:
+    shard = read_shard(data, "train", spec())
+    size = shard.num_rows - 1  # leaves exactly one row for the last batch
+    sizes = [len(b["item"]) for b in iter_batches(shard, size)]
+    assert sizes == [size, 1]
+    assert [len(b["item"]) for b in iter_batches(shard, size, min_rows=2)] == [size]
