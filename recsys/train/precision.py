@@ -37,7 +37,10 @@ def resolve_precision(name: str, flags: set[str] | None = None) -> tuple[str, st
     flags = cpu_flags() if flags is None else flags
     if "amx_bf16" in flags:
         return "bf16", "auto: the CPU has AMX (amx_bf16)"
-    extra = ", avx512_bf16 alone is slower than fp32" if "avx512_bf16" in flags else ""
+    if "avx512_bf16" in flags:
+        extra = ", and avx512_bf16 alone is slower than fp32"
+    else:
+        extra = " nor avx512_bf16 (bf16 matrix work falls back to a slow path)"
     return "fp32", f"auto: no AMX on this CPU{extra}"
 
 
