@@ -163,13 +163,21 @@ class Op:
         """Learn state from training rows (stateful operations override this)."""
 
     def fit_transform(self, df: DataFrame) -> DataFrame:
+        """Fit on training rows and return them transformed (see `transform_train`)."""
         self.fit(df)
-        return self.transform(df)
+        return self.transform_train(df)
 
     def transform(self, df: DataFrame) -> DataFrame:
         self._require_fitted()
         self.check_spark(df)
         return self._transform(df)
+
+    train_specific: ClassVar[bool] = False
+    """True if training rows are transformed differently (out-of-fold means, sampling)."""
+
+    def transform_train(self, df: DataFrame) -> DataFrame:
+        """The training rows' transform; the same as `transform` unless `train_specific`."""
+        return self.transform(df)
 
     def transform_arrow(self, table: pa.Table) -> pa.Table:
         self._require_fitted()
@@ -447,6 +455,47 @@ class MapValues(Op):
 # ------------------------------------------------------------- category encoding
 
 
+class ValueCounts:
+    """Operations fitted from value counts (category and count encoding).
+
+    They say which (key, value) pairs to count (`count_pieces`) and take the counts back
+    (`fit_counts`), so that a FeaturePipeline can count for several steps in one Spark job.
+    """
+
+    def count_pieces(self) -> list[Column]:
+        """Arrays of struct(key, value) per row; keys start with `<step name>/`."""
+        raise NotImplementedError
+
+    def min_count(self) -> int:
+        """Counts below this are of no use to the step (they may be dropped in Spark)."""
+        return 1
+
+    def fit_counts(self, counts: pa.Table) -> None:
+        """Fitted state from this step's rows of a (key, value, count) table."""
+        raise NotImplementedError
+
+
+def count_values(df: DataFrame, pieces: list[Column], min_count: int) -> pa.Table:
+    """(key, value, count) of every non-missing value in `pieces`, in one Spark job."""
+    from pyspark.sql import functions as F
+
+    return (
+        _explode_keyed(df, pieces)
+        .where(F.col("value").isNotNull() & (F.col("value") != ""))
+        .groupBy("key", "value")
+        .agg(F.count(F.lit(1)).alias("count"))
+        .where(F.col("count") >= min_count)
+        .toArrow()
+    )
+
+
+def rows_for(counts: pa.Table, key: str) -> pa.Table:
+    """(value, count) rows of one key in vocabulary order: count descending, then value."""
+    rows = counts.filter(pc.equal(counts["key"], key)).select(["value", "count"])
+    order = pc.sort_indices(rows, [("count", "descending"), ("value", "ascending")])
+    return rows.take(order)
+
+
 @dataclass
 class CategoryParams(ColumnsParams):
     min_freq: int = 1  # values seen fewer times in training are unknown (1)
@@ -467,7 +516,7 @@ class CategoryParams(ColumnsParams):
             raise ValueError("max_len applies to multi-valued columns only (set split)")
 
 
-class CategoryEncode(Op):
+class CategoryEncode(ValueCounts, Op):
     """Frequency-ordered vocabulary per column (or one shared), single or multi-valued."""
 
     op = "category"
@@ -488,35 +537,39 @@ class CategoryEncode(Op):
     def vocab_for(self, column: str) -> Vocabulary:
         return self.vocabs[self.vocab_key(column)]
 
-    def _fit(self, df: DataFrame) -> None:
+    def _count_key(self, key: str) -> str:
+        return f"{self.name}/{key}"
+
+    def count_pieces(self) -> list[Column]:
         from pyspark.sql import functions as F
 
         p = self.params
-        keys = [self.vocab_key(c) for c in self.columns]
         pieces = []
-        for column, key in zip(self.columns, keys, strict=True):
+        for column in self.columns:
             col = F.col(column)
             if p.split is not None:
                 items = F.coalesce(F.split(col, _regex_literal(p.split), -1), F.array())
             else:
                 items = F.array(col.cast("string"))
+            key = self._count_key(self.vocab_key(column))
             pieces.append(F.transform(items, _keyed(key)))
-        exploded = _explode_keyed(df, pieces)
-        counts = (
-            exploded.where(F.col("value").isNotNull() & (F.col("value") != ""))
-            .groupBy("key", "value")
-            .agg(F.count(F.lit(1)).alias("count"))
-            .where(F.col("count") >= p.min_freq)
-            .toArrow()
-        )
+        return pieces
+
+    def min_count(self) -> int:
+        return self.params.min_freq
+
+    def fit_counts(self, counts: pa.Table) -> None:
+        p = self.params
         self.vocabs = {}
-        for key in dict.fromkeys(keys):
-            rows = counts.filter(pc.equal(counts["key"], key)).select(["value", "count"])
-            order = pc.sort_indices(rows, [("count", "descending"), ("value", "ascending")])
-            rows = rows.take(order)
+        for key in dict.fromkeys(self.vocab_key(c) for c in self.columns):
+            rows = rows_for(counts, self._count_key(key))
+            rows = rows.filter(pc.greater_equal(rows["count"], p.min_freq))
             if p.max_size is not None:
                 rows = rows.slice(0, p.max_size)
             self.vocabs[key] = Vocabulary.from_counts(rows)
+
+    def _fit(self, df: DataFrame) -> None:
+        self.fit_counts(count_values(df, self.count_pieces(), self.min_count()))
 
     def _transform(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
@@ -865,7 +918,7 @@ class _ValueTable:
         return np.where(index >= FIRST_KNOWN, index - FIRST_KNOWN, -1)
 
 
-class CountEncode(Op):
+class CountEncode(ValueCounts, Op):
     """Number of training rows with the same value; unknown and missing are 0."""
 
     op = "count"
@@ -878,25 +931,21 @@ class CountEncode(Op):
         super().__init__(name, params)
         self.vocabs: dict[str, Vocabulary] = {}
 
-    def _fit(self, df: DataFrame) -> None:
+    def count_pieces(self) -> list[Column]:
         from pyspark.sql import functions as F
 
-        pieces = [
-            F.array(F.struct(F.lit(c).alias("key"), F.col(c).cast("string").alias("value")))
+        return [
+            F.transform(F.array(F.col(c).cast("string")), _keyed(f"{self.name}/{c}"))
             for c in self.columns
         ]
-        counts = (
-            _explode_keyed(df, pieces)
-            .where(F.col("value").isNotNull() & (F.col("value") != ""))
-            .groupBy("key", "value")
-            .agg(F.count(F.lit(1)).alias("count"))
-            .toArrow()
-        )
-        self.vocabs = {}
-        for c in self.columns:
-            rows = counts.filter(pc.equal(counts["key"], c)).select(["value", "count"])
-            order = pc.sort_indices(rows, [("count", "descending"), ("value", "ascending")])
-            self.vocabs[c] = Vocabulary.from_counts(rows.take(order))
+
+    def fit_counts(self, counts: pa.Table) -> None:
+        self.vocabs = {
+            c: Vocabulary.from_counts(rows_for(counts, f"{self.name}/{c}")) for c in self.columns
+        }
+
+    def _fit(self, df: DataFrame) -> None:
+        self.fit_counts(count_values(df, self.count_pieces(), 1))
 
     def _transform(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
@@ -1023,11 +1072,14 @@ class TargetEncode(Op):
         m = self.params.smoothing
         return (s + self.prior * m) / (c + m)
 
-    def fit_transform(self, df: DataFrame) -> DataFrame:
+    train_specific = True
+
+    def transform_train(self, df: DataFrame) -> DataFrame:
         """Training rows: out-of-fold means."""
         from pyspark.sql import functions as F
 
-        self.fit(df)
+        self._require_fitted()
+        self.check_spark(df)
         p = self.params
         fold = F.pmod(F.xxhash64(F.lit(p.seed), *[F.col(c) for c in df.columns]), F.lit(p.folds))
         fold_col = f"__{self.name}_fold"
@@ -1115,6 +1167,7 @@ class TargetEncode(Op):
 class LabelParams:
     columns: list[str] = field(default_factory=list)
     out: str = "label"
+    threshold: float = 0.0  # a value above it is a positive
 
     def validate(self) -> None:
         if not self.columns:
@@ -1122,7 +1175,7 @@ class LabelParams:
 
 
 class Label(Op):
-    """1.0 if any of the columns is present and > 0 (an engagement happened), else 0.0."""
+    """1.0 if any of the columns is present and > threshold (0: an engagement happened)."""
 
     op = "label"
     Params = LabelParams
@@ -1141,7 +1194,8 @@ class Label(Op):
     def _transform(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
 
-        hits = [F.coalesce(F.col(c).cast("double") > 0, F.lit(False)) for c in self.columns]
+        t = float(self.params.threshold)
+        hits = [F.coalesce(F.col(c).cast("double") > t, F.lit(False)) for c in self.columns]
         any_hit = hits[0]
         for hit in hits[1:]:
             any_hit = any_hit | hit
@@ -1151,11 +1205,12 @@ class Label(Op):
         hit = np.zeros(table.num_rows, dtype=bool)
         for c in self.columns:
             x = table[c].combine_chunks().cast(pa.float64())
-            hit |= as_numpy(pc.greater(x, 0.0), False).astype(bool)
+            hit |= as_numpy(pc.greater(x, float(self.params.threshold)), False).astype(bool)
         return set_column(table, self.params.out, pa.array(hit.astype(np.float64)))
 
     def describe(self, output: str) -> FeatureInfo:
-        return FeatureInfo("label", stats={"rule": "1 if any source > 0 else 0"})
+        rule = f"1 if any source > {self.params.threshold:g} else 0"
+        return FeatureInfo("label", stats={"rule": rule})
 
 
 # ---------------------------------------------------------------------- registry

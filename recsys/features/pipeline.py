@@ -40,7 +40,7 @@ from recsys.features.feature_spec import (
     Feature,
     FeatureSpec,
 )
-from recsys.features.ops import Op, build_op, op_config
+from recsys.features.ops import Op, ValueCounts, build_op, count_values, op_config
 from recsys.features.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
@@ -160,23 +160,84 @@ class FeaturePipeline:
     # ------------------------------------------------------------------ Spark
 
     def fit(self, df: DataFrame) -> FeaturePipeline:
-        self.fit_transform(df)
+        """Fit every step on `df` (training rows), each on the rows as the steps before it
+        leave them (training transforms: out-of-fold means, sampled negatives).
+
+        Steps are fitted in batches to keep Spark jobs few: a batch runs until a step reads a
+        column that a stateful step of the batch writes (it needs that step fitted first), or
+        writes a column one of them reads. All value counts of a batch (category and count
+        encoding) come from one Spark job; other statistics from one job per step.
+        """
+        frame = coerce_spark(df, self._spark_columns(df, ()), "training data")
+        i = 0
+        while i < len(self.steps):
+            batch = self._next_batch(i)
+            self._fit_batch(batch, frame)
+            for step in batch:
+                frame = step.transform_train(frame)
+            i += len(batch)
         return self
 
-    def fit_transform(self, df: DataFrame, keep: Sequence[str] = ()) -> DataFrame:
-        """Fit every step on `df` (training rows) in order; return the processed rows."""
-        out = coerce_spark(df, self._spark_columns(df, keep), "training data")
-        for step in self.steps:
-            out = step.fit_transform(out)
-        return self._select_spark(out, keep)
+    def _next_batch(self, start: int) -> list[Op]:
+        batch: list[Op] = []
+        written: set[str] = set()  # by stateful steps of the batch
+        read: set[str] = set()  # by stateful steps of the batch
+        for step in self.steps[start:]:
+            writes = set(step.lineage())
+            if batch and (set(step.inputs()) & written or (writes & read and not step.stateful)):
+                break
+            batch.append(step)
+            if step.stateful:
+                written |= writes
+                read |= set(step.inputs())
+            if step.train_specific:
+                break  # later steps fit on the rows it produces
+        return batch
 
-    def transform(self, df: DataFrame, keep: Sequence[str] = ()) -> DataFrame:
-        """Processed rows of `df` with the fitted state; `keep` passes extra columns through."""
+    def _fit_batch(self, batch: list[Op], frame: DataFrame) -> None:
+        """Fit the stateful steps of `batch` on `frame` with its stateless steps applied."""
+        stateful = [s for s in batch if s.stateful]
+        if not stateful:
+            for step in batch:
+                step.fit(frame)
+                frame = step.transform_train(frame)
+            return
+        counted = [s for s in stateful if isinstance(s, ValueCounts)]
+        for step in batch:
+            if not step.stateful:
+                step.fit(frame)
+                frame = step.transform(frame)
+            else:
+                step.check_spark(frame)
+        if counted:
+            pieces = [piece for s in counted for piece in s.count_pieces()]
+            counts = count_values(frame, pieces, min(s.min_count() for s in counted))
+            for step in counted:
+                step.fit_counts(counts)
+                step.fitted = True
+        for step in stateful:
+            if step not in counted:
+                step.fit(frame)
+
+    @property
+    def train_specific(self) -> bool:
+        """True if training rows are transformed differently from other rows."""
+        return any(step.train_specific for step in self.steps)
+
+    def fit_transform(self, df: DataFrame, keep: Sequence[str] = ()) -> DataFrame:
+        """Fit on `df` (training rows); return them processed."""
+        self.fit(df)
+        return self.transform(df, keep=keep, train=True)
+
+    def transform(self, df: DataFrame, keep: Sequence[str] = (), train: bool = False) -> DataFrame:
+        """Processed rows of `df` with the fitted state; `keep` passes extra columns through.
+
+        `train=True` applies the training transforms (out-of-fold means, sampled negatives).
+        """
         self._require_fitted()
         out = coerce_spark(df, self._spark_columns(df, keep), "data")
         for step in self.steps:
-            if not getattr(step, "row_op", False):
-                out = step.transform(out)
+            out = step.transform_train(out) if train else step.transform(out)
         return self._select_spark(out, keep)
 
     def _spark_columns(self, df: DataFrame, keep: Sequence[str]) -> dict[str, str]:
@@ -232,8 +293,6 @@ class FeaturePipeline:
             table = rows_to_table(rows, declared, "batch")
             extra = {k: pa.array([r.get(k) for r in rows]) for k in keep if k not in declared}
         for step in self.steps:
-            if getattr(step, "row_op", False):
-                continue
             if step.optional_online() and not set(step.inputs()) <= set(table.column_names):
                 continue
             table = step.transform_arrow(table)

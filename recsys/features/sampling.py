@@ -58,7 +58,6 @@ class NegativeSample(Op):
     op = "negative_sample"
     Params = NegativeSampleParams
     accepts = CATEGORICAL_INPUTS
-    row_op = True
 
     @property
     def columns(self) -> list[str]:
@@ -83,11 +82,14 @@ class NegativeSample(Op):
     def transform_arrow(self, table: pa.Table) -> pa.Table:
         return table
 
-    def fit_transform(self, df: DataFrame) -> DataFrame:
+    train_specific = True
+
+    def transform_train(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import Window
         from pyspark.sql import functions as F
 
-        self.fit(df)
+        self._require_fitted()
+        self.check_spark(df)
         p = self.params
         positives = df.where(F.col(p.label) > 0) if p.label in df.columns else df
         positives = positives.withColumn(p.label, F.lit(1.0))

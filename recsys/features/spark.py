@@ -127,6 +127,8 @@ def local_cores(master: str) -> int:
 def spark_settings(cfg: Mapping[str, Any]) -> dict[str, str]:
     """Every `spark.*` setting the session gets from the config (pure; tested without Java)."""
     master = cfg.get("master") or "local[*]"
+    if cfg.get("cores") and master.startswith("local"):
+        master = f"local[{int(cfg['cores'])}]"
     cores = local_cores(master)
     java_options = [*JAVA17_OPTIONS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}"]
     settings = {
