@@ -1244,6 +1244,8 @@ def register(cls: type[Op]) -> type[Op]:
 
 def build_op(name: str, config: dict[str, Any]) -> Op:
     """An operation from its config entry `{op: <name>, <params>...}`; errors name the step."""
+    import recsys.features.sampling  # noqa: F401  (registers negative_sample; imports this module)
+
     config = dict(config)
     kind = config.pop("op", None)
     if kind not in OPS:

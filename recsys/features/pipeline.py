@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-import recsys.features.sampling  # noqa: F401  (registers negative_sample)
 from recsys.features.columns import (
     FeatureError,
     MissingColumnError,

@@ -8,8 +8,10 @@ values of its representative training row: the largest by column order), and get
 The step changes only training data: `transform` (valid, test) and serving leave rows as
 they are.
 
-Sampling is seeded: the same input partitions and seed give the same negatives. When a user
-has interacted with nearly every item, fewer than `k` negatives may remain for a positive.
+Sampling is seeded: the same input partitions and seed give the same negatives. Positives
+left with fewer than `k` negatives after a round of drawing get up to three more rounds, each
+drawing twice as many candidates; a user who has interacted with nearly every item may still
+end with fewer than `k`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
 MODES = ("uniform", "popularity")
+MAX_ROUNDS = 4  # rounds of drawing for positives still short of k negatives
+ROUND_STRIDE = 1 << 40  # orders a later round's candidates after an earlier round's
 
 
 @dataclass
@@ -111,23 +115,41 @@ class NegativeSample(Op):
         cdf = np.cumsum(weights) / weights.sum()
         pick = _picker(ids, cdf, df.schema[p.item].dataType)
 
-        draws = int(np.ceil(p.k * p.oversample))
         rid = "__rid"
-        base = positives.withColumn(rid, F.monotonically_increasing_id())
-        candidates = (
-            base.select(rid, p.user, F.explode(F.sequence(F.lit(1), F.lit(draws))).alias("__j"))
-            .withColumn("__u", F.rand(p.seed))
-            .withColumn("__neg", pick(F.col("__u")))
-        )
+        base = positives.withColumn(rid, F.monotonically_increasing_id()).persist()
+        self._cached = [base]
         known = positives.select(F.col(p.user), F.col(p.item).alias("__neg")).distinct()
-        chosen = (
-            candidates.join(known, [p.user, "__neg"], "left_anti")
-            .groupBy(rid, "__neg")
-            .agg(F.min("__j").alias("__j"))
-            .withColumn("__n", F.row_number().over(Window.partitionBy(rid).orderBy("__j", "__neg")))
-            .where(F.col("__n") <= p.k)
-            .select(rid, "__neg")
-        )
+        pending = base.select(rid, p.user)
+        chosen = None
+        for attempt in range(MAX_ROUNDS):
+            # each round draws twice as many candidates for the positives still short of k
+            draws = int(np.ceil(p.k * p.oversample)) * 2**attempt
+            candidates = (
+                pending.select(
+                    rid, p.user, F.explode(F.sequence(F.lit(1), F.lit(draws))).alias("__j")
+                )
+                .withColumn("__neg", pick(F.rand(p.seed + attempt)))
+                .join(known, [p.user, "__neg"], "left_anti")
+                .groupBy(rid, "__neg")
+                .agg((F.min("__j") + F.lit(attempt * ROUND_STRIDE)).alias("__order"))
+            )
+            if chosen is not None:
+                candidates = chosen.unionByName(
+                    candidates.join(chosen.select(rid, "__neg"), [rid, "__neg"], "left_anti")
+                )
+            ranked = Window.partitionBy(rid).orderBy("__order", "__neg")
+            chosen = (
+                candidates.withColumn("__n", F.row_number().over(ranked))
+                .where(F.col("__n") <= p.k)
+                .drop("__n")
+                .persist()
+            )
+            self._cached.append(chosen)
+            full = chosen.groupBy(rid).count().where(F.col("count") >= p.k).select(rid)
+            pending = base.select(rid, p.user).join(full, rid, "left_anti")
+            if pending.isEmpty():
+                break
+        chosen = chosen.select(rid, "__neg")
         keep = [c for c in positives.columns if c not in (p.item, *item_cols, p.label)]
         negatives = base.select(rid, *keep).join(chosen, rid).withColumnRenamed("__neg", p.item)
         if item_cols:
