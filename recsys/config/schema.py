@@ -56,12 +56,90 @@ class RecSys2021DummyConfig(DatasetConfig):
 
 
 @dataclass
-class RecSys2021Config(DatasetConfig):
+class TableDatasetConfig(DatasetConfig):
+    """Any table on disk with declared columns (docs/features.md, "Bring your own table")."""
+
+    name: str = "table"
+    # a file, a directory of files, or a directory with train/ (valid/, test/) inside
+    path: str = MISSING
+    format: str = "parquet"  # parquet | csv
+    sep: str = ","  # csv only
+    header: bool = True  # csv only
+    # column name -> string | int64 | float64 | bool (csv: every column, in file order)
+    columns: dict[str, str] = field(default_factory=dict)
+    time_column: str | None = None  # orders rows for split=time and the feature tables
+
+
+@dataclass
+class RecSys2021Config(TableDatasetConfig):
     """Raw RecSys 2021 data on disk: the real challenge data or the generator's output."""
 
     name: str = "recsys2021"
     path: str = "${paths.data_dir}/recsys2021"
     format: str = "parquet"
+    time_column: str | None = "tweet_timestamp"
+
+
+@dataclass
+class CriteoConfig(TableDatasetConfig):
+    """Criteo display-ads logs: label, I1..I13, C1..C26, tab-separated, no header."""
+
+    name: str = "criteo"
+    path: str = "${paths.data_dir}/criteo"
+    format: str = "csv"
+    sep: str = "\t"
+    header: bool = False
+
+
+# ------------------------------------------------------------------------ features
+
+
+@dataclass
+class FeatureOutputConfig:
+    """How one output column enters the FeatureSpec."""
+
+    entity: str | None = None  # user | item | context (null only for the label)
+    inputs: list[str] = field(default_factory=list)  # wide | deep | user_tower | item_tower
+    pooling: str | None = None  # multi-valued features: mean (default) | sum
+
+
+@dataclass
+class FeaturesConfig:
+    """A FeaturePipeline: ordered steps (`op: <name>` + parameters) and the outputs kept."""
+
+    name: str = MISSING
+    # step name -> {op: fill | cast | ... , params}; checked by recsys.features.ops.build_op
+    steps: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, FeatureOutputConfig] = field(default_factory=dict)
+    label: str | None = None
+    user_id: str | None = None
+    item_id: str | None = None
+
+
+@dataclass
+class RecSys2021WndFeaturesConfig(FeaturesConfig):
+    name: str = "recsys2021_wnd"
+    cross_sizes: int = 600
+    min_freq: int = 1
+
+
+@dataclass
+class RecSys2021TwoTowerFeaturesConfig(FeaturesConfig):
+    name: str = "recsys2021_two_tower"
+    min_freq: int = 1
+
+
+@dataclass
+class CriteoFeaturesConfig(FeaturesConfig):
+    name: str = "criteo"
+    min_freq: int = 10
+
+
+@dataclass
+class RatingsFeaturesConfig(FeaturesConfig):
+    name: str = "ratings"
+    min_freq: int = 1
+    negatives: int = 4
 
 
 # -------------------------------------------------------------------------- models
@@ -185,6 +263,40 @@ class GenerateConfig:
 
 
 @dataclass
+class SplitConfig:
+    method: str = "random"  # random | time
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    time_column: str | None = None  # null: the dataset's time_column
+
+
+@dataclass
+class SparkConfig:
+    master: str = "local[*]"
+    cores: int | None = None
+    app_name: str = "recsys-preprocess"
+    driver_memory: str = "4g"
+    shuffle_partitions: int | None = None
+    log_level: str = "WARN"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PreprocessConfig:
+    task_name: str = "preprocess"
+    data: str | None = None
+    out: str = "${paths.data_dir}/${features.name}"
+    overwrite: bool = False
+    seed: int = 0
+    tables: bool = True
+    split: SplitConfig = field(default_factory=SplitConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    dataset: Any = MISSING
+    features: Any = MISSING
+    paths: Any = MISSING
+
+
+@dataclass
 class TrainConfig:
     task_name: str = "train"
     data: str = "${paths.data_dir}/recsys2021_wnd"
@@ -241,9 +353,18 @@ def register_configs() -> None:
     cs.store(name="base_export", node=ExportConfig)
     cs.store(name="base_serve", node=ServeConfig)
     cs.store(name="base_pipeline", node=PipelineConfig)
+    cs.store(name="base_preprocess", node=PreprocessConfig)
     cs.store(group="paths", name="base_paths", node=PathsConfig)
     cs.store(group="dataset", name="base_recsys2021_dummy", node=RecSys2021DummyConfig)
     cs.store(group="dataset", name="base_recsys2021", node=RecSys2021Config)
+    cs.store(group="dataset", name="base_criteo", node=CriteoConfig)
+    cs.store(group="dataset", name="base_table", node=TableDatasetConfig)
+    cs.store(group="features", name="base_recsys2021_wnd", node=RecSys2021WndFeaturesConfig)
+    cs.store(
+        group="features", name="base_recsys2021_two_tower", node=RecSys2021TwoTowerFeaturesConfig
+    )
+    cs.store(group="features", name="base_criteo", node=CriteoFeaturesConfig)
+    cs.store(group="features", name="base_ratings", node=RatingsFeaturesConfig)
     cs.store(group="model", name="base_wide_deep", node=WideDeepConfig)
     cs.store(group="model", name="base_deepfm", node=DeepFMConfig)
     cs.store(group="model", name="base_two_tower", node=TwoTowerConfig)

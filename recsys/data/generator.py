@@ -471,7 +471,7 @@ def _prepare_output(out: Path, overwrite: bool) -> Path:
     return tmp
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
+def swap_in(tmp: Path, out: Path) -> None:
     """Replace `out` by `tmp` with renames only, so `out` is always whole or absent."""
     old = None
     if out.exists():
@@ -539,7 +539,7 @@ def generate(
         meta.pop("seconds")
         meta.pop("out")
         write_json_atomic(tmp / "_generator.json", meta)
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

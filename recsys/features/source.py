@@ -1,0 +1,189 @@
+"""Raw data on disk -> Spark DataFrames, with errors that name the file or column at fault.
+
+Layout of `data` (the `data=` key of `recsys.preprocess`):
+
+- a directory with `train/` (and optionally `valid/`, `test/`) subdirectories, as
+  `recsys.generate` writes: each present part is read as it is, missing parts are split off
+  the training part (`split` config);
+- anything else (one file, a directory of files, a glob): one table, split into
+  train / valid / test.
+
+Formats: parquet, or CSV with the declared columns in file order (`sep`, `header`).
+Before Spark reads local parquet, every file's footer is read with pyarrow, so a corrupt or
+truncated file is reported by name instead of deep inside a Spark job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from recsys.features.columns import FeatureError, check_declared
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+PARTS = ("train", "valid", "test")
+FORMATS = ("parquet", "csv")
+
+
+@dataclass
+class SourceParts:
+    """Paths of the parts found under `data` (None: to be split off train)."""
+
+    train: str
+    valid: str | None
+    test: str | None
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file://")
+
+
+def _local(path: str) -> Path:
+    return Path(path[len("file://") :] if path.startswith("file://") else path)
+
+
+def find_parts(data: str) -> SourceParts:
+    """Which parts `data` already holds (see the module docstring)."""
+    if is_local(data):
+        root = _local(data)
+        if not root.exists() and not any(ch in data for ch in "*?["):
+            raise FeatureError(f"input {data} does not exist")
+        if root.is_dir() and (root / "train").exists():
+            parts = {p: str(root / p) if (root / p).exists() else None for p in PARTS}
+            return SourceParts(parts["train"], parts["valid"], parts["test"])  # type: ignore[arg-type]
+    return SourceParts(data, None, None)
+
+
+def data_files(path: str, fmt: str) -> list[Path]:
+    """The data files Spark would read at a local `path` (hidden and _ files skipped)."""
+    root = _local(path)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        return sorted(p for p in root.parent.glob(root.name) if p.is_file())
+    suffix = ".parquet" if fmt == "parquet" else ""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file()
+        and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts)
+        and p.name.endswith(suffix)
+    )
+
+
+def check_parquet_files(path: str) -> int:
+    """Read every parquet footer under a local `path`; return the row count; name a bad file."""
+    files = data_files(path, "parquet")
+    if not files:
+        raise FeatureError(f"input {path} holds no parquet files (empty input)")
+    rows = 0
+    for file in files:
+        try:
+            rows += pq.read_metadata(file).num_rows
+        except (OSError, pa.ArrowException) as e:
+            raise FeatureError(f"input file {file} is not a readable parquet file: {e}") from e
+    return rows
+
+
+def input_bytes(path: str, fmt: str) -> int:
+    if not is_local(path):
+        return 0
+    return sum(f.stat().st_size for f in data_files(path, fmt))
+
+
+def spark_schema(columns: Mapping[str, str]):
+    from pyspark.sql import types as T
+
+    types = {
+        "string": T.StringType(),
+        "int64": T.LongType(),
+        "float64": T.DoubleType(),
+        "bool": T.BooleanType(),
+    }
+    return T.StructType([T.StructField(name, types[t]) for name, t in columns.items()])
+
+
+def read_part(
+    spark: SparkSession, path: str, dataset: Mapping[str, Any]
+) -> tuple[DataFrame, int | None]:
+    """One part as a Spark DataFrame (lazy), and its row count when the footers tell it.
+
+    What can be checked up front is: the format, the declared columns, that there are
+    files, and (local parquet) that every footer reads.
+    """
+    fmt = dataset.get("format", "parquet")
+    if fmt not in FORMATS:
+        raise FeatureError(f"dataset.format {fmt!r} is not one of {', '.join(FORMATS)}")
+    columns = dict(dataset.get("columns") or {})
+    check_declared(columns)
+    with spark_errors(f"input {path}"):
+        if fmt == "parquet":
+            rows = check_parquet_files(path) if is_local(path) else None
+            return spark.read.parquet(path), rows
+        if not columns:
+            raise FeatureError("dataset.columns must declare the CSV columns in file order")
+        if is_local(path) and not data_files(path, "csv"):
+            raise FeatureError(f"input {path} holds no files (empty input)")
+        df = spark.read.csv(
+            path,
+            schema=spark_schema(columns),
+            sep=dataset.get("sep", ","),
+            header=bool(dataset.get("header", True)),
+            enforceSchema=False,
+            mode="FAILFAST",
+        )
+        return df, None
+
+
+def require_rows(df: DataFrame, path: str, part: str, rows: int | None = None) -> None:
+    """Refuse an empty part (from the known row count, else with a Spark job)."""
+    if rows is None:
+        with spark_errors(f"input {path}"):
+            rows = 0 if df.isEmpty() else 1
+    if rows == 0:
+        raise FeatureError(f"input {path} has no rows ({part} part is empty)")
+
+
+# ------------------------------------------------------------------- Spark errors
+
+_MARKER = re.compile(r"column '[^']+': value .*?(?:is not [^\n.]+)")
+_FILE = re.compile(r"(file:[^\s,'\"\]]+|/[^\s,'\"\]]+\.(?:parquet|csv|txt))")
+
+
+@contextlib.contextmanager
+def spark_errors(context: str) -> Iterator[None]:
+    """Turn a failed Spark job caused by the data into a one-line FeatureError.
+
+    Bad values caught by the coercion (`raise_error` in columns.py) keep their message;
+    failures that name a file (corrupt, unreadable, schema mismatch) keep the file. Anything
+    else is a bug and keeps its traceback.
+    """
+    try:
+        yield
+    except FeatureError:
+        raise
+    except Exception as e:
+        from py4j.protocol import Py4JError
+        from pyspark.errors import PySparkException
+
+        if not isinstance(e, PySparkException | Py4JError):
+            raise
+        text = str(e)
+        marker = _MARKER.search(text)
+        if marker:
+            raise FeatureError(f"{context}: {marker.group(0)}") from e
+        first = next((line.strip() for line in text.splitlines() if line.strip()), text)
+        file = _FILE.search(text)
+        if file or "Parquet" in text or "CSV" in text or "Malformed" in text:
+            where = f"file {file.group(1)}" if file else context
+            raise FeatureError(f"{where} cannot be read: {first[:300]}") from e
+        raise

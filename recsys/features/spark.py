@@ -1,0 +1,190 @@
+"""The one place a SparkSession is built, from the `spark` config node of `preprocess`.
+
+Local mode by default (`master: local[*]`); any master URL (standalone, YARN, Kubernetes) works
+by config. The session is tuned for feature jobs: adaptive query execution on (it coalesces
+small shuffle partitions and picks join strategies at run time), shuffle partitions sized to
+the input (`shuffle_partitions_for`), Arrow for every Python <-> JVM transfer, quiet logs
+(warnings only, no progress bars, no web UI), Python workers on this interpreter, and the
+`--add-opens` options Spark needs on Java 17. Without Java the builder fails with a message
+saying what to install, instead of a py4j stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from recsys.errors import RecsysError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+MIN_JAVA = 17
+LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+BYTES_PER_PARTITION = 64 * 1024 * 1024
+MAX_SHUFFLE_PARTITIONS = 400
+
+# What Spark's launcher adds for Java 17 (JavaModuleOptions), stated here so a session started
+# from any launcher (spark-submit, a notebook, an IDE) gets them too.
+JAVA17_OPTIONS: tuple[str, ...] = (
+    "-XX:+IgnoreUnrecognizedVMOptions",
+    *(
+        f"--add-opens=java.base/{package}=ALL-UNNAMED"
+        for package in (
+            "java.lang",
+            "java.lang.invoke",
+            "java.lang.reflect",
+            "java.io",
+            "java.net",
+            "java.nio",
+            "java.util",
+            "java.util.concurrent",
+            "java.util.concurrent.atomic",
+            "jdk.internal.ref",
+            "sun.nio.ch",
+            "sun.nio.cs",
+            "sun.security.action",
+            "sun.util.calendar",
+        )
+    ),
+    "-Djdk.reflect.useDirectMethodHandle=false",
+    "-Dio.netty.tryReflectionSetAccessible=true",
+)
+
+
+class SparkSetupError(RecsysError):
+    """Spark cannot start here (no Java, an old Java, a bad setting)."""
+
+
+def java_executable() -> str:
+    """The `java` Spark will run: $JAVA_HOME/bin/java, else the first on PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home:
+        candidate = Path(java_home) / "bin" / "java"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+        raise SparkSetupError(
+            f"JAVA_HOME={java_home} has no bin/java; point JAVA_HOME at a Java {MIN_JAVA}+ "
+            "installation or unset it"
+        )
+    found = shutil.which("java")
+    if found is None:
+        raise SparkSetupError(
+            f"Java not found: Spark needs Java {MIN_JAVA} or newer. Install it (for example "
+            f"`apt-get install openjdk-{MIN_JAVA}-jre-headless`) or set JAVA_HOME."
+        )
+    return found
+
+
+def java_major_version(java: str) -> int:
+    try:
+        proc = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise SparkSetupError(f"cannot run {java} -version: {e}") from e
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', proc.stderr + proc.stdout)
+    if not match:
+        raise SparkSetupError(f"cannot tell the Java version from `{java} -version`")
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+def check_java() -> str:
+    """The java executable, after checking it is Java 17+ (raises SparkSetupError)."""
+    java = java_executable()
+    major = java_major_version(java)
+    if major < MIN_JAVA:
+        raise SparkSetupError(f"{java} is Java {major}; Spark needs Java {MIN_JAVA} or newer")
+    return java
+
+
+def shuffle_partitions_for(input_bytes: int, cores: int) -> int:
+    """One shuffle partition per 64 MiB of input, at least one per core, at most 400."""
+    wanted = math.ceil(max(input_bytes, 1) / BYTES_PER_PARTITION)
+    return max(cores, min(wanted, MAX_SHUFFLE_PARTITIONS))
+
+
+def local_cores(master: str) -> int:
+    """Cores of a `local[N]` / `local[*]` master (the machine's count for *), else 2."""
+    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", master)
+    if not match:
+        return 2
+    n = match.group(1)
+    if n is None:
+        return 1
+    return (os.cpu_count() or 1) if n == "*" else int(n)
+
+
+def spark_settings(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Every `spark.*` setting the session gets from the config (pure; tested without Java)."""
+    master = cfg.get("master") or "local[*]"
+    if cfg.get("cores") and master.startswith("local"):
+        master = f"local[{int(cfg['cores'])}]"
+    cores = local_cores(master)
+    java_options = [*JAVA17_OPTIONS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}"]
+    settings = {
+        "spark.master": master,
+        "spark.app.name": cfg.get("app_name") or "recsys",
+        "spark.driver.memory": str(cfg.get("driver_memory") or "4g"),
+        "spark.driver.extraJavaOptions": " ".join(java_options),
+        "spark.executor.extraJavaOptions": " ".join(JAVA17_OPTIONS),
+        "spark.sql.shuffle.partitions": str(cfg.get("shuffle_partitions") or 2 * cores),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+    if master.startswith("local"):
+        # one machine: bind to loopback, no network interface lookups
+        settings["spark.driver.host"] = "127.0.0.1"
+        settings["spark.driver.bindAddress"] = "127.0.0.1"
+    for key, value in (cfg.get("conf") or {}).items():
+        settings[str(key)] = str(value)
+    return settings
+
+
+def build_spark(cfg: Mapping[str, Any]) -> SparkSession:
+    """A SparkSession from the `spark` config node (master, driver_memory, ... conf)."""
+    check_java()
+    from pyspark.sql import SparkSession
+
+    settings = spark_settings(cfg)
+    # Python workers must run this interpreter (its packages), whatever `python3` is on PATH
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    if settings["spark.master"].startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as e:  # py4j / JVM start-up failures
+        raise SparkSetupError(f"Spark failed to start: {e}") from e
+    spark.sparkContext.setLogLevel(str(cfg.get("log_level") or "WARN").upper())
+    log.debug("spark %s on %s", spark.version, settings["spark.master"])
+    return spark
+
+
+def set_shuffle_partitions(spark: SparkSession, input_bytes: int, configured: int | None) -> int:
+    """Size `spark.sql.shuffle.partitions` to the input unless the config fixed it."""
+    if configured:
+        n = int(configured)
+    else:
+        master = spark.sparkContext.master
+        cores = spark.sparkContext.defaultParallelism if not master.startswith("local") else None
+        n = shuffle_partitions_for(input_bytes, cores or local_cores(master))
+    spark.conf.set("spark.sql.shuffle.partitions", str(n))
+    return n

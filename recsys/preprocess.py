@@ -1,0 +1,297 @@
+"""Raw data -> model-ready data on Spark (`features=<name>`):
+
+    python -m recsys.preprocess features=recsys2021_wnd data=data/recsys2021 out=data/wnd
+
+Raw data -> model-ready data on Spark: read and check the input, split it (seeded), fit the
+feature pipeline on train, transform train / valid / test, and write, atomically:
+
+    <out>/train/ valid/ test/          processed parquet (the FeatureSpec's column contract)
+    <out>/feature_spec.json            every output feature: kind, size, stats, entity, inputs
+    <out>/pipeline/                    fitted state: pipeline.json + vocabularies/*.parquet
+    <out>/user_features/ item_features/  one row per known user / item, for serving
+    <out>/_preprocess.json             rows per split, timings, settings
+
+Everything is written to a temp directory beside `out` and renamed into place at the end,
+so `out` is either complete or absent. docs/features.md describes the configs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import hydra
+import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
+
+from recsys.cli import run_task
+from recsys.config import CONF_DIR, register_configs
+from recsys.data.generator import swap_in
+from recsys.features.columns import FeatureError, MissingColumnError
+from recsys.features.pipeline import FeaturePipeline
+from recsys.features.source import (
+    find_parts,
+    input_bytes,
+    read_part,
+    require_rows,
+    spark_errors,
+)
+from recsys.features.spark import build_spark, set_shuffle_partitions
+from recsys.features.split import check_fractions, split_frame
+from recsys.features.tables import entity_tables
+from recsys.provenance import write_json_atomic
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+register_configs()
+
+SPLITS = ("train", "valid", "test")
+PIPELINE_DIR = "pipeline"
+SUMMARY_FILE = "_preprocess.json"
+SPLIT_COLUMN = "__split"
+
+
+@dataclass
+class PreprocessSummary:
+    """What one run wrote (also saved as `_preprocess.json`)."""
+
+    out: str
+    features: str
+    data: str
+    rows: dict[str, int]
+    tables: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=dict)
+    shuffle_partitions: int = 0
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def build_pipeline(cfg: DictConfig) -> FeaturePipeline:
+    """The configured pipeline (checks every step and output before any data is read)."""
+    dataset = _container(cfg.dataset)
+    if "columns" not in dataset or "path" not in dataset:
+        raise FeatureError(
+            f"dataset={dataset.get('name')} does not describe data on disk with declared "
+            "columns; use dataset=recsys2021, criteo or table"
+        )
+    return FeaturePipeline.from_config(_container(cfg.features), dataset["columns"])
+
+
+def check_preprocess(cfg: DictConfig) -> None:
+    """Fail before Spark starts: bad features config, bad split, existing output."""
+    build_pipeline(cfg)
+    check_fractions(cfg.split.valid_fraction, cfg.split.test_fraction)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise FeatureError(f"output {out} already exists; pass overwrite=true to replace it")
+
+
+def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> PreprocessSummary:
+    """Run the whole job; reuse `spark` if given (tests), else build and stop one."""
+    t0 = time.perf_counter()
+    check_preprocess(cfg)
+    pipeline = build_pipeline(cfg)
+    own_spark = spark is None
+    if own_spark:
+        spark = build_spark(_container(cfg.spark))
+    stages = {"spark_start": round(time.perf_counter() - t0, 2)}
+    out = Path(cfg.out)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    cached: list[DataFrame] = []
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        summary = _run(cfg, spark, pipeline, tmp, cached, stages)
+        summary.seconds = round(time.perf_counter() - t0, 2)
+        summary.out = str(out)
+        write_json_atomic(tmp / SUMMARY_FILE, asdict(summary))
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        for df in cached:
+            df.unpersist()
+        if own_spark:
+            spark.stop()
+    log.info(format_summary(summary))
+    return summary
+
+
+def _run(
+    cfg: DictConfig,
+    spark: SparkSession,
+    pipeline: FeaturePipeline,
+    tmp: Path,
+    cached: list[DataFrame],
+    stages: dict[str, float],
+) -> PreprocessSummary:
+    t = time.perf_counter()
+    dataset = _container(cfg.dataset)
+    data = str(cfg.data)
+    time_column = cfg.split.time_column or dataset.get("time_column")
+    keep = [time_column] if time_column else []
+    needed = list(dict.fromkeys([*pipeline.raw_columns, *keep]))
+    parts = find_parts(data)
+    fmt = dataset.get("format", "parquet")
+    partitions = set_shuffle_partitions(
+        spark, input_bytes(parts.train, fmt), cfg.spark.shuffle_partitions
+    )
+
+    frames: dict[str, DataFrame | None] = {}
+    train_rows = None
+    for name in SPLITS:
+        path = getattr(parts, name)
+        if path is None:
+            frames[name] = None
+            continue
+        df, known_rows = read_part(spark, path, dataset)
+        if name == "train":
+            train_rows = known_rows
+        missing = [c for c in needed if c not in df.columns]
+        if missing:
+            raise MissingColumnError(
+                f"input {path}: missing column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(repr(c) for c in missing)}"
+            )
+        frames[name] = df.select(*needed)
+    train = frames["train"]
+    require_rows(train, parts.train, "train", train_rows)
+    split = cfg.split
+    if frames["valid"] is None or frames["test"] is None:
+        valid_fraction = split.valid_fraction if frames["valid"] is None else 0.0
+        test_fraction = split.test_fraction if frames["test"] is None else 0.0
+        with spark_errors(f"input {parts.train}"):
+            train, valid, test = split_frame(
+                train, split.method, valid_fraction, test_fraction, cfg.seed, time_column
+            )
+        frames["valid"] = frames["valid"] if frames["valid"] is not None else valid
+        frames["test"] = frames["test"] if frames["test"] is not None else test
+    train = train.persist()
+    cached.append(train)
+    frames["train"] = train
+    log.info("reading %s (%s); fitting features=%s on train", data, fmt, pipeline.name)
+
+    with spark_errors(f"input {data}"):
+        pipeline.fit(train)
+        stages["fit"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        processed = _transform_splits(pipeline, frames, keep)
+        staging = tmp / "_staging"
+        processed.write.partitionBy(SPLIT_COLUMN).parquet(str(staging))
+        features = list(pipeline.outputs)
+        rows = {name: _finish_split(staging, tmp / name, features) for name in SPLITS}
+        for name in SPLITS:
+            log.info("  %s: %s rows", name, f"{rows[name]:,}")
+        stages["transform_write"] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+
+        pipeline.save(tmp / PIPELINE_DIR)
+        spec = pipeline.feature_spec(vocabulary_dir=f"{PIPELINE_DIR}/vocabularies")
+        spec.save(tmp)
+        table_rows = {}
+        if cfg.tables:
+            written = spark.read.parquet(str(staging))
+            tables = entity_tables([written], pipeline, spec, time_column)
+            for directory, table in tables.items():
+                table.write.parquet(str(tmp / directory))
+                _tidy(tmp / directory)
+                table_rows[directory] = parquet_rows(tmp / directory)
+        shutil.rmtree(staging)
+        stages["tables"] = round(time.perf_counter() - t, 2)
+    return PreprocessSummary(
+        out="",
+        features=pipeline.name,
+        data=data,
+        rows=rows,
+        tables=table_rows,
+        stages=stages,
+        shuffle_partitions=partitions,
+    )
+
+
+def _transform_splits(
+    pipeline: FeaturePipeline, frames: dict[str, DataFrame], keep: list[str]
+) -> DataFrame:
+    """All splits processed in one plan, tagged by `SPLIT_COLUMN` (train with its own
+    transforms when the pipeline has any: out-of-fold means, sampled negatives)."""
+    from pyspark.sql import functions as F
+
+    tagged = {name: frames[name].withColumn(SPLIT_COLUMN, F.lit(name)) for name in SPLITS}
+    keep = [*keep, SPLIT_COLUMN]
+    if pipeline.train_specific:
+        train = pipeline.transform(tagged["train"], keep=keep, train=True)
+        rest = pipeline.transform(tagged["valid"].unionByName(tagged["test"]), keep=keep)
+        return train.unionByName(rest)
+    everything = tagged["train"].unionByName(tagged["valid"]).unionByName(tagged["test"])
+    return pipeline.transform(everything, keep=keep)
+
+
+def _finish_split(staging: Path, target: Path, features: list[str]) -> int:
+    """Move one split out of Spark's `<col>=<split>` staging directory, keeping only the
+    feature columns (pyarrow, file by file); return its row count.
+
+    The staging copy keeps the time column for the feature tables; the processed data holds
+    features only. An empty split gets one empty file with the schema.
+    """
+    name = target.name
+    source = staging / f"{SPLIT_COLUMN}={name}"
+    target.mkdir()
+    files = sorted(source.glob("*.parquet")) if source.is_dir() else []
+    rows = 0
+    for file in files:
+        # without Spark's schema metadata, which still lists the dropped columns
+        table = pq.read_table(file, columns=features).replace_schema_metadata(None)
+        pq.write_table(table, target / file.name)
+        rows += table.num_rows
+    if not files:
+        schema = pq.read_schema(next(staging.glob("*/*.parquet")))
+        empty = schema.empty_table().select(features)
+        pq.write_table(empty, target / "part-00000.parquet")
+    return rows
+
+
+def _tidy(directory: Path) -> None:
+    """Drop the local file system's .crc checksum files beside Spark's output."""
+    for crc in directory.glob(".*.crc"):
+        crc.unlink()
+
+
+def parquet_rows(directory: Path) -> int:
+    """Rows of the parquet files in `directory`, from their footers."""
+    return sum(pq.read_metadata(f).num_rows for f in sorted(directory.glob("*.parquet")))
+
+
+def format_summary(summary: PreprocessSummary) -> str:
+    rows = ", ".join(f"{k} {v:,}" for k, v in summary.rows.items())
+    tables = ", ".join(f"{k} {v:,}" for k, v in summary.tables.items())
+    lines = [
+        f"preprocessed {summary.data} with features={summary.features} "
+        f"in {summary.seconds:.1f} s -> {summary.out}",
+        f"  rows: {rows}",
+    ]
+    if tables:
+        lines.append(f"  tables: {tables}")
+    lines.append(
+        f"  files: {summary.out}/{{train,valid,test}}/, feature_spec.json, pipeline/, "
+        f"{SUMMARY_FILE}"
+    )
+    return "\n".join(lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="preprocess")
+def main(cfg: DictConfig) -> None:
+    run_task(preprocess, cfg, check=check_preprocess)
+
+
+if __name__ == "__main__":
+    main()

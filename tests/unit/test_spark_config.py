@@ -1,0 +1,66 @@
+"""The Spark session settings and the Java check, without starting Spark."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsys.features.spark import (
+    SparkSetupError,
+    check_java,
+    java_executable,
+    local_cores,
+    shuffle_partitions_for,
+    spark_settings,
+)
+
+
+def test_settings_follow_the_config() -> None:
+    s = spark_settings({"master": "local[*]", "cores": 2, "driver_memory": "3g", "conf": {"a": 1}})
+    assert s["spark.master"] == "local[2]"
+    assert s["spark.driver.memory"] == "3g"
+    assert s["spark.sql.adaptive.enabled"] == "true"
+    assert s["spark.ui.showConsoleProgress"] == "false"
+    assert s["spark.ui.enabled"] == "false"
+    assert s["spark.pyspark.python"] == sys.executable
+    assert s["spark.driver.host"] == "127.0.0.1"
+    assert "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED" in s["spark.driver.extraJavaOptions"]
+    assert "log4j2.configurationFile=" in s["spark.driver.extraJavaOptions"]
+    assert Path(s["spark.driver.extraJavaOptions"].split("file:")[-1]).is_file()
+    assert s["a"] == "1"
+    cluster = spark_settings({"master": "spark://host:7077", "cores": 2})
+    assert cluster["spark.master"] == "spark://host:7077"
+    assert "spark.driver.host" not in cluster
+
+
+def test_shuffle_partitions_are_sized_to_the_input() -> None:
+    mib = 1024 * 1024
+    assert shuffle_partitions_for(10 * mib, cores=2) == 2
+    assert shuffle_partitions_for(640 * mib, cores=2) == 10
+    assert shuffle_partitions_for(10**15, cores=2) == 400
+    assert local_cores("local[3]") == 3
+    assert local_cores("local") == 1
+    assert local_cores("local[*]") == (os.cpu_count() or 1)
+
+
+def test_missing_java_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SparkSetupError, match="Java not found: Spark needs Java 17"):
+        java_executable()
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    with pytest.raises(SparkSetupError, match="has no bin/java"):
+        java_executable()
+
+
+def test_an_old_java_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    java = tmp_path / "bin" / "java"
+    java.parent.mkdir()
+    java.write_text("#!/bin/sh\necho 'openjdk version \"1.8.0_392\"' >&2\n")
+    java.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    with pytest.raises(SparkSetupError, match="is Java 8; Spark needs Java 17"):
+        check_java()
