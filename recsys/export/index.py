@@ -100,7 +100,9 @@ def build_index(vectors: np.ndarray, s: IndexSettings) -> tuple[faiss.Index, dic
         # k-means of each sub-quantiser needs at least 2**nbits training points
         nbits = min(s.pq_nbits, max(1, int(math.log2(n))))
         if nbits < s.pq_nbits:
-            log.warning("index: %d items are too few for pq_nbits=%d; using %d", n, s.pq_nbits, nbits)
+            log.warning(
+                "index: %d items are too few for pq_nbits=%d; using %d", n, s.pq_nbits, nbits
+            )
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, nbits, ip)
         index.train(vectors)

@@ -34,7 +34,7 @@ from recsys.errors import RecsysError
 from recsys.export import layout
 from recsys.export.formats import ModuleReport, check_format, file_name, save_module
 from recsys.export.index import IndexSettings, build_index, recall_at_k, write_index
-from recsys.export.tensors import features_of, read_table, to_tensors
+from recsys.export.tensors import read_table, to_tensors
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, Feature, FeatureSpec
 from recsys.models import build_model
 from recsys.provenance import git_sha, package_versions, write_json_atomic
@@ -92,7 +92,10 @@ def check_export(settings: ExportSettings) -> None:
     out = Path(settings.out)
     if out.exists() and not settings.overwrite:
         raise ExportError(f"output {out} already exists; pass overwrite=true to replace it")
-    for role, run in (("ranker_run", settings.ranker_run), ("retrieval_run", settings.retrieval_run)):
+    for role, run in (
+        ("ranker_run", settings.ranker_run),
+        ("retrieval_run", settings.retrieval_run),
+    ):
         best = Path(run) / "checkpoints" / "best"
         if not Path(run).is_dir():
             raise ExportError(f"{role}={run} is not a directory (pass a training run directory)")
@@ -123,7 +126,9 @@ def load_run(run_dir: str | Path, role: str) -> SourceRun:
     result_file = run_dir / "result.json"
     result = json.loads(result_file.read_text()) if result_file.is_file() else None
     if result is None:
-        log.warning("%s run %s has no result.json (unfinished?); exporting its best epoch", role, run_dir)
+        log.warning(
+            "%s run %s has no result.json (unfinished?); exporting its best epoch", role, run_dir
+        )
     data = Path(config["data"])
     return SourceRun(role, run_dir, model, spec, config, ckpt["state"], result, data)
 
@@ -218,13 +223,9 @@ def popularity(run: SourceRun, items: pa.Table) -> pa.Table:
     columns = [key] + ([spec.label] if spec.label else [])
     train = read_table(run.data / "train", columns=columns)
     label = spec.label
-    counted = train.group_by(key).aggregate(
-        [(key, "count")] + ([(label, "sum")] if label else [])
-    )
+    counted = train.group_by(key).aggregate([(key, "count")] + ([(label, "sum")] if label else []))
     impressions = counted[f"{key}_count"].cast(pa.int64())
-    interactions = (
-        pc.cast(pc.round(counted[f"{label}_sum"]), pa.int64()) if label else impressions
-    )
+    interactions = pc.cast(pc.round(counted[f"{label}_sum"]), pa.int64()) if label else impressions
     table = pa.table(
         {
             layout.ITEM_ID: counted[key].cast(pa.int64()),
@@ -265,7 +266,9 @@ def export_bundle(settings: ExportSettings) -> dict[str, Any]:
     ranker = load_run(settings.ranker_run, "ranker")
     retrieval = load_run(settings.retrieval_run, "retrieval")
     if hasattr(ranker.model, "item_tower"):
-        raise ExportError(f"ranker_run={settings.ranker_run} trained a retrieval model, not a ranker")
+        raise ExportError(
+            f"ranker_run={settings.ranker_run} trained a retrieval model, not a ranker"
+        )
     if not hasattr(retrieval.model, "user_tower") or not hasattr(retrieval.model, "item_tower"):
         raise ExportError(
             f"retrieval_run={settings.retrieval_run} trained {type(retrieval.model).__name__}, "
