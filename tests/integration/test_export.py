@@ -17,6 +17,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from recsys.evaluate import EvaluateSettings, evaluate_bundle, rank_candidates, ranking_metrics
 from recsys.export import (
     FORMAT_VERSION,
     BundleError,
@@ -309,3 +310,57 @@ def test_cli_export_and_inspect(runs: dict[str, Path], tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     for text in ("format version 1", "ranker.pt", "items.faiss", "val/auc", "recall@"):
         assert text in shown.stdout
+
+
+def test_ranker_inputs_from_the_snapshots_match_the_processed_rows(
+    runs: dict[str, Path], bundle_dir: Path
+) -> None:
+    """Serving's path (features looked up by raw id) scores a pair as training data does."""
+    bundle = load_bundle(bundle_dir)
+    rows = _test_rows(runs["data"]).slice(0, 40)
+    snap = bundle.ranker_features
+    user_raw = dict(
+        zip(snap.users["user"].to_pylist(), snap.users["user_raw"].to_pylist(), strict=True)
+    )
+    item_raw = dict(
+        zip(snap.items["item"].to_pylist(), snap.items["item_raw"].to_pylist(), strict=True)
+    )
+    known = [
+        i
+        for i, (u, it) in enumerate(
+            zip(rows["user"].to_pylist(), rows["item"].to_pylist(), strict=True)
+        )
+        if u in user_raw and it in item_raw
+    ]
+    rows = rows.take(known)
+    users = [user_raw[u] for u in rows["user"].to_pylist()]
+    items = np.array([[item_raw[i]] for i in rows["item"].to_pylist()], dtype=object)
+    got = rank_candidates(bundle, users, items)[:, 0]
+    want = bundle.ranker(bundle.ranker_batch(rows)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_evaluate_two_tower_beats_popularity(runs: dict[str, Path], bundle_dir: Path, tmp_path):
+    out = tmp_path / "evaluation.json"
+    report = evaluate_bundle(EvaluateSettings(bundle=str(bundle_dir), k=[10, 50], out=str(out)))
+    assert json.loads(out.read_text()) == report
+    assert report["users"] > 100 and report["data"] == str(runs["data"])
+    metrics = report["metrics"]
+    assert set(metrics) == {"rank", "retrieval", "popularity"}
+    for method in metrics.values():
+        for k in (10, 50):
+            assert 0.0 <= method[f"ndcg@{k}"] <= 1.0 and 0.0 <= method[f"recall@{k}"] <= 1.0
+        assert method["recall@10"] <= method["recall@50"]
+    # planted clusters: the user tower finds them, a global popularity list cannot
+    assert metrics["retrieval"]["recall@50"] > metrics["popularity"]["recall@50"] + 0.1
+    assert metrics["retrieval"]["recall@10"] > metrics["popularity"]["recall@10"]
+
+
+def test_ranking_metrics_by_hand() -> None:
+    ranked = np.array([[5, 3, 9], [1, 2, 4]])
+    got = ranking_metrics(ranked, [{3, 7}, {8}], [1, 3])
+    assert got["recall@1"] == [0.0, 0.0]
+    assert got["recall@3"] == [0.5, 0.0]
+    # user 0: one hit at rank 2 -> 1/log2(3); ideal: two hits -> 1 + 1/log2(3)
+    assert got["ndcg@3"][0] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
+    assert got["ndcg@3"][1] == 0.0
