@@ -30,24 +30,14 @@ from recsys.export import (
 from recsys.export.index import IndexSettings, exact_top_k
 from recsys.export.tensors import features_of, read_table, to_tensors
 from recsys.export.writer import load_run
-from recsys.train.run import run_training
-from tests.helpers.bundle_data import write_bundle_data
-from tests.helpers.train_config import train_config
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("export")
-    data = write_bundle_data(root / "data")
-    runs = {"data": data}
-    for model, epochs in (("wide_deep", 1), ("deepfm", 1), ("two_tower", 3)):
-        run_dir = root / model
-        run_training(train_config(data, run_dir, model, f"trainer.epochs={epochs}"), run_dir)
-        runs[model] = run_dir
-    return runs
+def runs(export_runs: dict[str, Path]) -> dict[str, Path]:
+    return export_runs
 
 
 def _export(runs: dict[str, Path], out: Path, ranker: str = "wide_deep", **kwargs) -> dict:
