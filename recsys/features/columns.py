@@ -9,7 +9,7 @@ same way offline (Spark) and online (Arrow).
 | declared | accepted physical types                                                      |
 |----------|-------------------------------------------------------------------------------|
 | string   | string; integers (decimal digits)                                             |
-| int64    | integers; floats (truncated toward zero, NaN is null)                         |
+| int64    | integers; floats (truncated toward zero; NaN and out of range are null)       |
 | float64  | integers; floats                                                              |
 | bool     | booleans; strings "true"/"false" (any case); integers 0/1                     |
 """
@@ -170,8 +170,28 @@ def _coerce_spark_column(col: Column, name: str, logical: str, kind: str) -> Col
             .otherwise(F.raise_error(bad).cast("boolean"))
         )
     if logical == "int64" and kind == "float":
-        return F.when(F.isnan(col), F.lit(None).cast("bigint")).otherwise(col.cast("bigint"))
+        return spark_float_to_int64(col)
     return col.cast(target)
+
+
+INT64_LIMIT = 2.0**63
+
+
+def spark_float_to_int64(col: Column) -> Column:
+    """Truncate toward zero; NaN and values outside the int64 range are null."""
+    from pyspark.sql import functions as F
+
+    x = col.cast("double")
+    bad = F.isnan(x) | (x >= F.lit(INT64_LIMIT)) | (x < F.lit(-INT64_LIMIT))
+    return F.when(bad, F.lit(None).cast("bigint")).otherwise(x.cast("bigint"))
+
+
+def arrow_float_to_int64(values: pa.Array) -> pa.Array:
+    """Arrow twin of `spark_float_to_int64`."""
+    x = values.cast(pa.float64())
+    bad = pc.or_(pc.is_nan(x), pc.or_(pc.greater_equal(x, INT64_LIMIT), pc.less(x, -INT64_LIMIT)))
+    kept = pc.if_else(bad.fill_null(False), pa.scalar(None, pa.float64()), x)
+    return pc.trunc(kept).cast(pa.int64())
 
 
 # ------------------------------------------------------------------------------ Arrow
@@ -196,10 +216,7 @@ def coerce_arrow(values: pa.Array | pa.ChunkedArray, name: str, logical: str) ->
         _refuse_bad(values, pc.invert(ok), name, "is not 0 or 1")
         return pc.equal(values, 1)
     if logical == "int64" and kind == "float":
-        floats = values.cast(pa.float64())
-        nan = pc.is_nan(floats).fill_null(False)
-        truncated = pc.trunc(pc.if_else(nan, pa.scalar(None, pa.float64()), floats))
-        return truncated.cast(pa.int64())
+        return arrow_float_to_int64(values)
     return values.cast(target)
 
 

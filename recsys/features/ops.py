@@ -21,7 +21,6 @@ map missing to 0 (DESIGN.md, "Encoding"); continuous ones map it to 0.0 after th
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,9 +32,11 @@ import pyarrow.compute as pc
 from recsys.features.columns import (
     ColumnTypeError,
     FeatureError,
+    arrow_float_to_int64,
     arrow_kind,
     as_numpy,
     require_columns,
+    spark_float_to_int64,
     spark_kind,
 )
 from recsys.features.hashing import (
@@ -306,7 +307,7 @@ CAST_FROM = {
 
 
 class Cast(Op):
-    """Change the type: booleans to 0/1, floats to int64 (toward zero; NaN is null), ..."""
+    """Change the type: booleans to 0/1, floats to int64 (toward zero; NaN, overflow null)..."""
 
     op = "cast"
     Params = CastParams
@@ -320,15 +321,13 @@ class Cast(Op):
         col = F.col(column)
         target = CAST_TARGETS[self.params.to]
         if self.params.to == "int64" and self.input_kinds[column] == "float":
-            return F.when(F.isnan(col), F.lit(None)).otherwise(col.cast(target)).cast(target)
+            return spark_float_to_int64(col)
         return col.cast(target)
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         values = values.combine_chunks()
         if self.params.to == "int64" and arrow_kind(values.type) == "float":
-            floats = values.cast(pa.float64())
-            nan = pc.is_nan(floats).fill_null(False)
-            return pc.trunc(pc.if_else(nan, pa.scalar(None, pa.float64()), floats)).cast(pa.int64())
+            return arrow_float_to_int64(values)
         if self.params.to == "string":
             return string_form(values)
         return values.cast({"int64": pa.int64(), "float64": pa.float64()}[self.params.to])
@@ -455,43 +454,72 @@ class MapValues(Op):
 # ------------------------------------------------------------- category encoding
 
 
-class ValueCounts:
-    """Operations fitted from value counts (category and count encoding).
+class Aggregated:
+    """Operations fitted from grouped aggregates: category, count and target encoding, min-max.
 
-    They say which (key, value) pairs to count (`count_pieces`) and take the counts back
-    (`fit_counts`), so that a FeaturePipeline can count for several steps in one Spark job.
+    A step says what to aggregate (`agg_pieces`: per row, an array of records
+    `(key, value, t, x)`) and takes back, per (key, value), the row count, the sum and count of
+    `t` and the min and max of `x` (`fit_aggregates`). A FeaturePipeline thus fits every such
+    step of a batch with one Spark job (`aggregate`); a step fitted alone runs it by itself.
+    Keys start with `<step name>/`.
     """
 
-    def count_pieces(self) -> list[Column]:
-        """Arrays of struct(key, value) per row; keys start with `<step name>/`."""
+    def agg_pieces(self) -> list[Column]:
         raise NotImplementedError
 
     def min_count(self) -> int:
-        """Counts below this are of no use to the step (they may be dropped in Spark)."""
+        """Groups with fewer rows are of no use to the step (they may be dropped in Spark)."""
         return 1
 
-    def fit_counts(self, counts: pa.Table) -> None:
-        """Fitted state from this step's rows of a (key, value, count) table."""
+    def fit_aggregates(self, table: pa.Table) -> None:
+        """Fitted state from this step's rows of the `aggregate` table."""
         raise NotImplementedError
 
+    def _fit(self, df: DataFrame) -> None:
+        self.fit_aggregates(aggregate(df, self.agg_pieces(), self.min_count()))
 
-def count_values(df: DataFrame, pieces: list[Column], min_count: int) -> pa.Table:
-    """(key, value, count) of every non-missing value in `pieces`, in one Spark job."""
+
+def agg_piece(key: str, values: Column, t: Column | None = None, x: Column | None = None):
+    """One record (key, value, t, x) per element of the array column `values`.
+
+    Elements that are missing (null or empty) are skipped, so they never enter a vocabulary.
+    """
     from pyspark.sql import functions as F
 
+    def record(v: Column) -> Column:
+        return F.struct(
+            F.lit(key).alias("key"),
+            v.cast("string").alias("value"),
+            (t if t is not None else F.lit(None)).cast("double").alias("t"),
+            (x if x is not None else F.lit(None)).cast("double").alias("x"),
+        )
+
+    records = F.transform(values, record)
+    return F.filter(records, lambda r: r["value"].isNotNull() & (r["value"] != ""))
+
+
+def aggregate(df: DataFrame, pieces: list[Column], min_count: int) -> pa.Table:
+    """(key, value, count, sum, t_count, min, max) over every record of `pieces`: one job."""
+    from pyspark.sql import functions as F
+
+    records = df.select(F.explode(F.concat(*pieces)).alias("r")).select("r.*")
     return (
-        _explode_keyed(df, pieces)
-        .where(F.col("value").isNotNull() & (F.col("value") != ""))
-        .groupBy("key", "value")
-        .agg(F.count(F.lit(1)).alias("count"))
+        records.groupBy("key", "value")
+        .agg(
+            F.count(F.lit(1)).alias("count"),
+            F.sum("t").alias("sum"),
+            F.count("t").alias("t_count"),
+            F.min("x").alias("min"),
+            F.max("x").alias("max"),
+        )
         .where(F.col("count") >= min_count)
         .toArrow()
     )
 
 
-def rows_for(counts: pa.Table, key: str) -> pa.Table:
-    """(value, count) rows of one key in vocabulary order: count descending, then value."""
-    rows = counts.filter(pc.equal(counts["key"], key)).select(["value", "count"])
+def rows_for(table: pa.Table, key: str) -> pa.Table:
+    """Rows of one key in vocabulary order: count descending, then value (byte order)."""
+    rows = table.filter(pc.equal(table["key"], key))
     order = pc.sort_indices(rows, [("count", "descending"), ("value", "ascending")])
     return rows.take(order)
 
@@ -516,7 +544,7 @@ class CategoryParams(ColumnsParams):
             raise ValueError("max_len applies to multi-valued columns only (set split)")
 
 
-class CategoryEncode(ValueCounts, Op):
+class CategoryEncode(Aggregated, Op):
     """Frequency-ordered vocabulary per column (or one shared), single or multi-valued."""
 
     op = "category"
@@ -540,7 +568,7 @@ class CategoryEncode(ValueCounts, Op):
     def _count_key(self, key: str) -> str:
         return f"{self.name}/{key}"
 
-    def count_pieces(self) -> list[Column]:
+    def agg_pieces(self) -> list[Column]:
         from pyspark.sql import functions as F
 
         p = self.params
@@ -550,26 +578,22 @@ class CategoryEncode(ValueCounts, Op):
             if p.split is not None:
                 items = F.coalesce(F.split(col, _regex_literal(p.split), -1), F.array())
             else:
-                items = F.array(col.cast("string"))
-            key = self._count_key(self.vocab_key(column))
-            pieces.append(F.transform(items, _keyed(key)))
+                items = F.array(col)
+            pieces.append(agg_piece(self._count_key(self.vocab_key(column)), items))
         return pieces
 
     def min_count(self) -> int:
         return self.params.min_freq
 
-    def fit_counts(self, counts: pa.Table) -> None:
+    def fit_aggregates(self, table: pa.Table) -> None:
         p = self.params
         self.vocabs = {}
         for key in dict.fromkeys(self.vocab_key(c) for c in self.columns):
-            rows = rows_for(counts, self._count_key(key))
+            rows = rows_for(table, self._count_key(key))
             rows = rows.filter(pc.greater_equal(rows["count"], p.min_freq))
             if p.max_size is not None:
                 rows = rows.slice(0, p.max_size)
             self.vocabs[key] = Vocabulary.from_counts(rows)
-
-    def _fit(self, df: DataFrame) -> None:
-        self.fit_counts(count_values(df, self.count_pieces(), self.min_count()))
 
     def _transform(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
@@ -646,29 +670,6 @@ class CategoryEncode(ValueCounts, Op):
 
 BROADCAST_MAX_VALUES = 2_000_000
 """Vocabularies up to this size are broadcast to every task for the join; bigger ones shuffle."""
-
-
-def _keyed(key: str):
-    """A one-argument lambda for F.transform: item -> struct(key, value).
-
-    (A default argument would not do: F.transform passes an element index as a second one.)
-    """
-    from pyspark.sql import functions as F
-
-    def as_struct(value: Column) -> Column:
-        return F.struct(F.lit(key).alias("key"), value.alias("value"))
-
-    return as_struct
-
-
-def _explode_keyed(df: DataFrame, pieces: list[Column]) -> DataFrame:
-    """One (key, value) row per element of `pieces`: arrays of structs (key, value)."""
-    from pyspark.sql import functions as F
-
-    exploded = df.select(F.explode(F.concat(*pieces)).alias("e"))
-    return exploded.select(
-        F.col("e.key").alias("key"), F.col("e.value").cast("string").alias("value")
-    )
 
 
 def _list_encoder(vocab: Vocabulary, sep: str, max_len: int):
@@ -770,7 +771,7 @@ class MinMaxParams(ColumnsParams):
     clip: bool = True  # clip values outside the training range to [0, 1]
 
 
-class MinMaxScale(Op):
+class MinMaxScale(Aggregated, Op):
     """`(x - min) / (max - min)` with the training min and max; missing is 0.0."""
 
     op = "minmax"
@@ -782,17 +783,22 @@ class MinMaxScale(Op):
         super().__init__(name, params)
         self.stats: dict[str, dict[str, float]] = {}
 
-    def _fit(self, df: DataFrame) -> None:
+    def agg_pieces(self) -> list[Column]:
         from pyspark.sql import functions as F
 
-        aggs = []
+        pieces = []
         for c in self.columns:
-            aggs += [F.min(c).cast("double"), F.max(c).cast("double")]
-        row = df.agg(*aggs).collect()[0]
+            x = F.col(c).cast("double")
+            x = F.when(F.isnan(x), F.lit(None)).otherwise(x)  # NaN is missing, not the max
+            pieces.append(agg_piece(f"{self.name}/{c}", F.array(F.lit("all")), x=x))
+        return pieces
+
+    def fit_aggregates(self, table: pa.Table) -> None:
         self.stats = {}
-        for i, c in enumerate(self.columns):
-            lo, hi = row[2 * i], row[2 * i + 1]
-            if lo is None or math.isnan(lo) or math.isnan(hi):
+        for c in self.columns:
+            rows = rows_for(table, f"{self.name}/{c}").to_pylist()
+            lo, hi = (rows[0]["min"], rows[0]["max"]) if rows else (None, None)
+            if lo is None or hi is None:
                 raise FeatureError(f"step {self.name!r} (minmax): column {c!r} has no values")
             self.stats[c] = {"min": float(lo), "max": float(hi)}
 
@@ -918,7 +924,7 @@ class _ValueTable:
         return np.where(index >= FIRST_KNOWN, index - FIRST_KNOWN, -1)
 
 
-class CountEncode(ValueCounts, Op):
+class CountEncode(Aggregated, Op):
     """Number of training rows with the same value; unknown and missing are 0."""
 
     op = "count"
@@ -931,21 +937,15 @@ class CountEncode(ValueCounts, Op):
         super().__init__(name, params)
         self.vocabs: dict[str, Vocabulary] = {}
 
-    def count_pieces(self) -> list[Column]:
+    def agg_pieces(self) -> list[Column]:
         from pyspark.sql import functions as F
 
-        return [
-            F.transform(F.array(F.col(c).cast("string")), _keyed(f"{self.name}/{c}"))
-            for c in self.columns
-        ]
+        return [agg_piece(f"{self.name}/{c}", F.array(F.col(c))) for c in self.columns]
 
-    def fit_counts(self, counts: pa.Table) -> None:
+    def fit_aggregates(self, table: pa.Table) -> None:
         self.vocabs = {
-            c: Vocabulary.from_counts(rows_for(counts, f"{self.name}/{c}")) for c in self.columns
+            c: Vocabulary.from_counts(rows_for(table, f"{self.name}/{c}")) for c in self.columns
         }
-
-    def _fit(self, df: DataFrame) -> None:
-        self.fit_counts(count_values(df, self.count_pieces(), 1))
 
     def _transform(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
@@ -1003,7 +1003,7 @@ class TargetParams(ColumnsParams):
             raise ValueError("the target cannot be one of the encoded columns")
 
 
-class TargetEncode(Op):
+class TargetEncode(Aggregated, Op):
     """Smoothed mean of `target` per value: `(sum + prior * m) / (count + m)`.
 
     Training rows get out-of-fold means (their own fold's rows left out), so a row's label
@@ -1047,25 +1047,24 @@ class TargetEncode(Op):
             col.cast("string")
         )
 
-    def _fit(self, df: DataFrame) -> None:
+    def agg_pieces(self) -> list[Column]:
         from pyspark.sql import functions as F
 
-        prior = df.agg(F.avg(self._target())).collect()[0][0]
-        if prior is None:
-            raise FeatureError(f"step {self.name!r} (target): no training rows")
-        self.prior = float(prior)
+        t = self._target()
+        prior = agg_piece(f"{self.name}/prior", F.array(F.lit("all")), t=t)
+        return [prior] + [
+            agg_piece(f"{self.name}/{c}", F.array(self._value(c)), t=t) for c in self.columns
+        ]
+
+    def fit_aggregates(self, table: pa.Table) -> None:
+        prior = rows_for(table, f"{self.name}/prior").to_pylist()
+        if not prior or not prior[0]["t_count"]:
+            raise FeatureError(f"step {self.name!r} (target): no training rows with a target")
+        self.prior = float(prior[0]["sum"]) / float(prior[0]["t_count"])
         for column in self.columns:
-            stats = (
-                df.select(self._value(column).alias("value"), self._target().alias("t"))
-                .where(F.col("value").isNotNull())
-                .groupBy("value")
-                .agg(F.count(F.lit(1)).alias("count"), F.sum("t").alias("sum"))
-                .toArrow()
-            )
-            order = pc.sort_indices(stats, [("count", "descending"), ("value", "ascending")])
-            stats = stats.take(order)
+            stats = rows_for(table, f"{self.name}/{column}")
             self.tables[column] = Vocabulary.from_counts(stats.select(["value", "count"]))
-            self.sums[column] = stats["sum"].to_numpy().astype(np.float64)
+            self.sums[column] = stats["sum"].fill_null(0.0).to_numpy().astype(np.float64)
 
     def _encode(self, s, c):
         """Smoothed mean from a sum and a count (Spark columns or numpy arrays alike)."""

@@ -39,7 +39,7 @@ from recsys.features.feature_spec import (
     Feature,
     FeatureSpec,
 )
-from recsys.features.ops import Op, ValueCounts, build_op, count_values, op_config
+from recsys.features.ops import Aggregated, Op, aggregate, build_op, op_config
 from recsys.features.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
@@ -164,8 +164,8 @@ class FeaturePipeline:
 
         Steps are fitted in batches to keep Spark jobs few: a batch runs until a step reads a
         column that a stateful step of the batch writes (it needs that step fitted first), or
-        writes a column one of them reads. All value counts of a batch (category and count
-        encoding) come from one Spark job; other statistics from one job per step.
+        writes a column one of them reads. The statistics of a batch (vocabularies, counts,
+        target means, min and max) all come from one Spark job (`ops.aggregate`).
         """
         frame = coerce_spark(df, self._spark_columns(df, ()), "training data")
         i = 0
@@ -201,21 +201,21 @@ class FeaturePipeline:
                 step.fit(frame)
                 frame = step.transform_train(frame)
             return
-        counted = [s for s in stateful if isinstance(s, ValueCounts)]
+        aggregated = [s for s in stateful if isinstance(s, Aggregated)]
         for step in batch:
             if not step.stateful:
                 step.fit(frame)
                 frame = step.transform(frame)
             else:
                 step.check_spark(frame)
-        if counted:
-            pieces = [piece for s in counted for piece in s.count_pieces()]
-            counts = count_values(frame, pieces, min(s.min_count() for s in counted))
-            for step in counted:
-                step.fit_counts(counts)
+        if aggregated:
+            pieces = [piece for s in aggregated for piece in s.agg_pieces()]
+            table = aggregate(frame, pieces, min(s.min_count() for s in aggregated))
+            for step in aggregated:
+                step.fit_aggregates(table)
                 step.fitted = True
         for step in stateful:
-            if step not in counted:
+            if step not in aggregated:
                 step.fit(frame)
 
     @property

@@ -80,6 +80,10 @@ class NegativeSample(Op):
     def optional_online(self) -> bool:
         return True
 
+    def _check_kind(self, column: str, kind: str) -> None:
+        if column in (self.params.user, self.params.item):
+            super()._check_kind(column, kind)  # item_columns may be of any type
+
     def transform(self, df: DataFrame) -> DataFrame:
         return df
 
