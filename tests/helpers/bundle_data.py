@@ -105,7 +105,7 @@ def fit_pipeline(train: pa.Table) -> FeaturePipeline:
                 keys.append(key)
                 values.append(value)
                 counts.append(count)
-        step.fit_counts(
+        step.fit_aggregates(
             pa.table({"key": keys, "value": values, "count": pa.array(counts, pa.int64())})
         )
         step.fitted = True
