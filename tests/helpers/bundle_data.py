@@ -3,7 +3,7 @@
 `write_bundle_data(dir)` writes train/ valid/ test/ parquet, feature_spec.json, pipeline/
 (fitted state and vocabularies) and user_features/ item_features/ tables. The pipeline is a
 real FeaturePipeline: its category steps are fitted from value counts computed here (what
-Spark's count job would return) and every row goes through `transform_batch`, so the files
+Spark's aggregate job returns) and every row goes through `transform_batch`, so the files
 follow the same contracts as Spark's output.
 
 Planted signal: users and items fall in CLUSTERS clusters; a user engages mostly with items
