@@ -31,7 +31,10 @@ from recsys.export.index import IndexSettings, exact_top_k
 from recsys.export.tensors import features_of, read_table, to_tensors
 from recsys.export.writer import load_run
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # torch.jit's notice
+]
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -13,7 +13,10 @@ from recsys.export.index import IndexSettings
 from recsys.export.tensors import features_of, read_table, to_tensors
 from recsys.export.writer import load_run
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::DeprecationWarning"),  # torch.jit's notice
+]
 
 
 def test_aoti_bundle_scores_like_the_eager_models(

@@ -26,6 +26,7 @@ from recsys.models.wide_deep import WideDeep
 from tests.helpers.processed_data import spec
 
 register_configs()
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit's notice
 
 
 def _compose(name: str, overrides: list[str]):
