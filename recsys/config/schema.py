@@ -311,6 +311,24 @@ class TrainConfig:
 
 
 @dataclass
+class IndexConfig:
+    """The Faiss item index of a bundle (recsys.export.index.IndexSettings mirrors it)."""
+
+    type: str = "hnsw"  # flat | hnsw | ivfpq
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 256
+    nlist: int | None = None
+    nprobe: int = 32
+    pq_m: int | None = None
+    pq_nbits: int = 8
+    recall_k: int = 100
+    recall_users: int = 1000
+    min_recall: float | None = None
+    seed: int = 0
+
+
+@dataclass
 class ExportConfig:
     task_name: str = "export"
     ranker_run: str = MISSING
@@ -318,6 +336,24 @@ class ExportConfig:
     out: str = "bundles/demo"
     format: str = "torchscript"
     overwrite: bool = False
+    embed_batch_size: int = 8192
+    example_rows: int = 256
+    index: IndexConfig = field(default_factory=IndexConfig)
+    paths: Any = MISSING
+
+
+@dataclass
+class EvaluateConfig:
+    task_name: str = "evaluate"
+    bundle: str = "bundles/demo"
+    data: str | None = None
+    split: str = "test"
+    k: list[int] = field(default_factory=lambda: [10, 50])
+    candidates: int = 200
+    max_users: int | None = 2000
+    batch_size: int = 256
+    seed: int = 0
+    out: str = "${paths.output_dir}/evaluation.json"
     paths: Any = MISSING
 
 
@@ -352,6 +388,7 @@ def register_configs() -> None:
     cs.store(name="base_generate", node=GenerateConfig)
     cs.store(name="base_train", node=TrainConfig)
     cs.store(name="base_export", node=ExportConfig)
+    cs.store(name="base_evaluate", node=EvaluateConfig)
     cs.store(name="base_serve", node=ServeConfig)
     cs.store(name="base_pipeline", node=PipelineConfig)
     cs.store(name="base_preprocess", node=PreprocessConfig)
