@@ -277,6 +277,7 @@ class SparkConfig:
     cores: int | None = None
     app_name: str = "recsys-preprocess"
     driver_memory: str = "4g"
+    jvm_options: str = ""
     shuffle_partitions: int | None = None
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)

@@ -457,10 +457,11 @@ class MapValues(Op):
 class Aggregated:
     """Operations fitted from grouped aggregates: category, count and target encoding, min-max.
 
-    A step says what to aggregate (`agg_pieces`: per row, an array of records
-    `(key, value, t, x)`) and takes back, per (key, value), the row count, the sum and count of
-    `t` and the min and max of `x` (`fit_aggregates`). A FeaturePipeline thus fits every such
-    step of a batch with one Spark job (`aggregate`); a step fitted alone runs it by itself.
+    A step says what to aggregate (`agg_pieces`: per row, records `(key, values, t, x)`, one
+    per element of the array `values`) and takes back, per (key, value), the row count, the
+    sum and count of `t` and the min and max of `x` (`fit_aggregates`). A FeaturePipeline
+    thus fits every such step of a batch with one Spark job (`aggregate`); a step fitted
+    alone runs it by itself.
     Keys start with `<step name>/`.
     """
 
@@ -480,29 +481,31 @@ class Aggregated:
 
 
 def agg_piece(key: str, values: Column, t: Column | None = None, x: Column | None = None):
-    """One record (key, value, t, x) per element of the array column `values`.
+    """One record struct(key, values, t, x): `values` is an array column of strings.
 
-    Elements that are missing (null or empty) are skipped, so they never enter a vocabulary.
+    `aggregate` explodes `values`, so a record stands for each element; elements that are
+    missing (null or empty) are skipped and never enter a vocabulary. (Plain structs and
+    `explode`, not higher-order functions: those run interpreted, element by element.)
     """
     from pyspark.sql import functions as F
 
-    def record(v: Column) -> Column:
-        return F.struct(
-            F.lit(key).alias("key"),
-            v.cast("string").alias("value"),
-            (t if t is not None else F.lit(None)).cast("double").alias("t"),
-            (x if x is not None else F.lit(None)).cast("double").alias("x"),
-        )
-
-    records = F.transform(values, record)
-    return F.filter(records, lambda r: r["value"].isNotNull() & (r["value"] != ""))
+    return F.struct(
+        F.lit(key).alias("key"),
+        values.cast("array<string>").alias("values"),
+        (t if t is not None else F.lit(None)).cast("double").alias("t"),
+        (x if x is not None else F.lit(None)).cast("double").alias("x"),
+    )
 
 
 def aggregate(df: DataFrame, pieces: list[Column], min_count: int) -> pa.Table:
     """(key, value, count, sum, t_count, min, max) over every record of `pieces`: one job."""
     from pyspark.sql import functions as F
 
-    records = df.select(F.explode(F.concat(*pieces)).alias("r")).select("r.*")
+    records = (
+        df.select(F.explode(F.array(*pieces)).alias("r"))
+        .select("r.key", F.explode("r.values").alias("value"), "r.t", "r.x")
+        .where(F.col("value").isNotNull() & (F.col("value") != ""))
+    )
     return (
         records.groupBy("key", "value")
         .agg(
@@ -576,9 +579,9 @@ class CategoryEncode(Aggregated, Op):
         for column in self.columns:
             col = F.col(column)
             if p.split is not None:
-                items = F.coalesce(F.split(col, _regex_literal(p.split), -1), F.array())
+                items = F.split(col, _regex_literal(p.split), -1)
             else:
-                items = F.array(col)
+                items = F.array(col.cast("string"))
             pieces.append(agg_piece(self._count_key(self.vocab_key(column)), items))
         return pieces
 
@@ -940,7 +943,9 @@ class CountEncode(Aggregated, Op):
     def agg_pieces(self) -> list[Column]:
         from pyspark.sql import functions as F
 
-        return [agg_piece(f"{self.name}/{c}", F.array(F.col(c))) for c in self.columns]
+        return [
+            agg_piece(f"{self.name}/{c}", F.array(F.col(c).cast("string"))) for c in self.columns
+        ]
 
     def fit_aggregates(self, table: pa.Table) -> None:
         self.vocabs = {

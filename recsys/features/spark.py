@@ -130,7 +130,11 @@ def spark_settings(cfg: Mapping[str, Any]) -> dict[str, str]:
     if cfg.get("cores") and master.startswith("local"):
         master = f"local[{int(cfg['cores'])}]"
     cores = local_cores(master)
-    java_options = [*JAVA17_OPTIONS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}"]
+    java_options = [
+        *JAVA17_OPTIONS,
+        f"-Dlog4j2.configurationFile={LOG4J_CONFIG.as_uri()}",
+        *str(cfg.get("jvm_options") or "").split(),
+    ]
     settings = {
         "spark.master": master,
         "spark.app.name": cfg.get("app_name") or "recsys",
