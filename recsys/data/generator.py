@@ -595,7 +595,11 @@ def load_summary(out: str | Path) -> GenerateSummary | None:
     meta = json.loads(meta_path.read_text())
     if meta.get("generator_version") != GENERATOR_VERSION:
         return None
-    return GenerateSummary(out=str(out), **meta)
+    meta.pop("out", None)  # older files recorded it; the location is where the file is
+    try:
+        return GenerateSummary(out=str(out), **meta)
+    except TypeError:  # written by another layout of the summary: not reusable
+        return None
 
 
 def format_summary(summary: GenerateSummary) -> str:

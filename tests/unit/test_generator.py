@@ -196,3 +196,15 @@ def test_roc_auc_matches_hand_computed_values() -> None:
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
     assert roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
     assert roc_auc(np.array([1, 1]), np.array([0.1, 0.2])) is None
+
+
+def test_a_summary_from_another_layout_is_not_reused(tmp_path: Path) -> None:
+    import json
+
+    generate(SMALL, tmp_path / "d")
+    meta_path = tmp_path / "d" / "_generator.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "out": "elsewhere", "unknown_field": 1}))
+    assert load_summary(tmp_path / "d") is None
+    meta_path.write_text(json.dumps({**meta, "out": "elsewhere"}))
+    assert load_summary(tmp_path / "d").out == str(tmp_path / "d")
