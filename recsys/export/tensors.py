@@ -10,7 +10,7 @@ from torch import Tensor
 
 from recsys.errors import RecsysError
 from recsys.features.feature_spec import Feature, FeatureSpec
-from recsys.train.data import DataError, _to_tensor
+from recsys.train.data import DataError, to_tensor
 
 
 def features_of(spec: FeatureSpec, inputs: tuple[str, ...]) -> list[Feature]:
@@ -24,7 +24,7 @@ def to_tensors(table: pa.Table, features: list[Feature], where: str = "table") -
     missing = [f.name for f in features if f.name not in table.column_names]
     if missing:
         raise DataError(f"{where}: missing columns {missing}")
-    return {f.name: _to_tensor(f, table[f.name], where) for f in features}
+    return {f.name: to_tensor(f, table[f.name], where) for f in features}
 
 
 def read_table(directory: str | Path, columns: list[str] | None = None) -> pa.Table:

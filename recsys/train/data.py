@@ -59,7 +59,10 @@ def _row_group_fragments(split_dir: Path) -> list[tuple[ds.ParquetFileFragment, 
     return fragments
 
 
-def _to_tensor(feature: Feature, column: pa.ChunkedArray, where: str) -> Tensor:
+def to_tensor(feature: Feature, column: pa.ChunkedArray, where: str) -> Tensor:
+    """One encoded feature column as its model input tensor (int64 B, int64 B x max_len or
+    float32 B); `where` names the source in errors. Export and evaluation call it too, so the
+    tensors they feed the exported models are built exactly as training batches are."""
     if column.null_count:
         raise DataError(f"{where}: column {feature.name!r} has {column.null_count} nulls")
     if feature.kind == "multi_categorical":
@@ -133,7 +136,7 @@ def read_shard(
             tables.append(table.slice(lo - offset, hi - lo))
         offset += n
     table = pa.concat_tables(tables)
-    tensors = {f.name: _to_tensor(f, table[f.name], where) for f in features}
+    tensors = {f.name: to_tensor(f, table[f.name], where) for f in features}
     for f in features:
         if f.is_index and len(tensors[f.name]):
             low, high = int(tensors[f.name].min()), int(tensors[f.name].max())
