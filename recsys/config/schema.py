@@ -41,6 +41,8 @@ class RecSys2021DummyConfig(DatasetConfig):
     rows: int = 100_000
     test_fraction: float = 0.1
     signal: float = 1.0
+    personal_exposure: float = 0.6
+    follows_per_user: int = 32
     num_users: int = 20_000
     num_tweets: int = 50_000
     num_hashtags: int = 5_000

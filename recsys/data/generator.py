@@ -11,7 +11,8 @@ How it stays deterministic: users and tweets (the "world") come from one seeded 
 interaction rows are drawn in fixed blocks of `BLOCK_ROWS`, block `b` from its own stream
 `(seed, b)`. Partitions only decide where rows are cut into files, and worker processes only
 decide who writes which file, so the rows never depend on either, and the bytes depend only
-on (settings, seed, partitions). docs/generator.md describes the planted engagement model.
+on (settings, seed, partitions). docs/generator.md describes the exposure model (which tweet a
+user is shown) and the planted engagement model.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from recsys.provenance import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: personalised exposure (follow graph)
 BLOCK_ROWS = 65_536
 ROWS_PER_PARTITION = 250_000
 LATENT_DIM = 16
@@ -65,13 +66,26 @@ TWEET_TYPE_PROBS = {"Retweet": 0.3, "Quote": 0.1, "TopLevel": 0.6}
 TWEET_TYPE_EFFECT = {"Retweet": -0.3, "Quote": 0.0, "TopLevel": 0.2}
 
 # Planted engagement model: logit_e = BASE_LOGIT[e] + signal * score(user, tweet, context).
-BASE_LOGIT = {"reply": -4.4, "retweet": -2.9, "retweet_with_comment": -5.8, "like": -1.0}
+BASE_LOGIT = {"reply": -4.7, "retweet": -3.2, "retweet_with_comment": -6.1, "like": -1.25}
 AFFINITY_WEIGHT = 3.0  # x cosine(user taste, tweet topic)
 LANGUAGE_MATCH_WEIGHT = 0.8  # tweet in the user's preferred language (else -half of it)
 FOLLOWS_WEIGHT = 1.0  # engagee_follows_engager
 VERIFIED_WEIGHT = 0.3  # author is verified
 FOLLOWERS_WEIGHT = 0.15  # x (log10(1 + author followers) - 3)
-FOLLOW_PROBABILITY = 0.3
+# Exposure: a personal row shows a tweet of an author the user follows. Each user follows the
+# `follows_per_user` authors nearest its taste among FOLLOW_CANDIDATES x that many candidates
+# drawn uniformly from the authors of >= 1 tweet (not by tweet count: a follow of a prolific
+# author spreads exposure thinly over thousands of tweets). Timelines favour close ties: the
+# k-th nearest follow is picked with weight 1 / k ** FOLLOW_RANK_EXPONENT, then one of its
+# tweets by popularity.
+FOLLOW_CANDIDATES = 8
+FOLLOW_RANK_EXPONENT = 1.0
+# engagee_follows_engager: the author follows the user back with this probability when the
+# user follows the author, else with the other; a property of the (user, author) pair, so
+# every row of a pair agrees. With personal_exposure 0.6 about 30% of rows carry the flag.
+FOLLOW_BACK_IF_FOLLOWED = 0.45
+FOLLOW_BACK_OTHERWISE = 0.06
+MAX_FOLLOWS_PER_USER = 1024
 MEAN_ENGAGEMENT_DELAY_S = 6 * 3600
 
 
@@ -87,6 +101,8 @@ class GeneratorSettings:
     seed: int = 0
     test_fraction: float = 0.1
     signal: float = 1.0
+    personal_exposure: float = 0.6
+    follows_per_user: int = 32
     num_users: int = 20_000
     num_tweets: int = 50_000
     num_hashtags: int = 5_000
@@ -109,6 +125,19 @@ class GeneratorSettings:
             raise GeneratorError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if not (self.signal >= 0.0 and math.isfinite(self.signal)):
             raise GeneratorError(f"signal must be a finite number >= 0, got {self.signal}")
+        if not 0.0 <= self.personal_exposure <= 1.0:
+            raise GeneratorError(
+                f"personal_exposure must be in [0, 1], got {self.personal_exposure}"
+            )
+        if (
+            isinstance(self.follows_per_user, bool)
+            or not isinstance(self.follows_per_user, int)
+            or not 1 <= self.follows_per_user <= MAX_FOLLOWS_PER_USER
+        ):
+            raise GeneratorError(
+                f"follows_per_user must be an integer in [1, {MAX_FOLLOWS_PER_USER}], "
+                f"got {self.follows_per_user!r}"
+            )
         for name in (
             "num_users",
             "num_tweets",
@@ -245,6 +274,12 @@ class World:
     tweet_timestamp: np.ndarray
     tweet_topic: np.ndarray  # num_tweets x LATENT_DIM, unit length
     tweet_cdf: np.ndarray
+    user_follows: np.ndarray  # num_users x follows_per_user author indices, nearest first
+    follow_rank_cdf: np.ndarray  # which follow a personal row shows (nearest most often)
+    author_tweets: np.ndarray  # tweet indices grouped by author, each group most popular first
+    author_start: np.ndarray  # num_users + 1 offsets of each author's group in author_tweets
+    author_tweet_weight: np.ndarray  # num_tweets + 1 running popularity over author_tweets
+    pair_key: int  # seeds the (user, author) follow-back hash
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -253,8 +288,9 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def build_world(s: GeneratorSettings) -> World:
     """Draw every user and tweet from the seed (independent of row count and partitions)."""
-    streams = [np.random.default_rng(c) for c in np.random.SeedSequence([s.seed, 0]).spawn(4)]
-    ids_rng, user_rng, tweet_rng, list_rng = streams
+    # spawn(5)[:4] equals spawn(4): the follow stream added in version 2 changes no earlier draw
+    streams = [np.random.default_rng(c) for c in np.random.SeedSequence([s.seed, 0]).spawn(5)]
+    ids_rng, user_rng, tweet_rng, list_rng, follow_rng = streams
     n_u, n_t = s.num_users, s.num_tweets
 
     user_id = hex_ids(ids_rng, n_u)
@@ -312,6 +348,14 @@ def build_world(s: GeneratorSettings) -> World:
         draw(list_rng, zipf_cdf(s.num_domains, s.zipf_domains), int(n_links.sum()))
     )
 
+    tweet_cdf = zipf_cdf(n_t, s.zipf_tweets)
+    # stable sort: within an author, tweets stay in index order = global popularity order
+    author_tweets = np.argsort(author, kind="stable")
+    author_start = np.searchsorted(author[author_tweets], np.arange(n_u + 1))
+    author_tweet_weight = np.concatenate(
+        [[0.0], np.cumsum(np.diff(tweet_cdf, prepend=0.0)[author_tweets])]
+    )
+
     return World(
         user_id=user_id,
         user_follower=follower.astype(np.int64),
@@ -336,8 +380,81 @@ def build_world(s: GeneratorSettings) -> World:
         tweet_language_idx=language_idx,
         tweet_timestamp=timestamp.astype(np.int64),
         tweet_topic=topic,
-        tweet_cdf=zipf_cdf(n_t, s.zipf_tweets),
+        tweet_cdf=tweet_cdf,
+        user_follows=follow_graph(follow_rng, taste, author, s.follows_per_user),
+        follow_rank_cdf=zipf_cdf(s.follows_per_user, FOLLOW_RANK_EXPONENT),
+        author_tweets=author_tweets,
+        author_start=author_start,
+        author_tweet_weight=author_tweet_weight,
+        pair_key=int(np.random.SeedSequence([s.seed, 2]).generate_state(1, np.uint64)[0]),
     )
+
+
+def follow_graph(
+    rng: np.random.Generator, taste: np.ndarray, tweet_author: np.ndarray, follows: int
+) -> np.ndarray:
+    """Authors each user follows (num_users x `follows`): the nearest to the user's taste
+    (cosine with the author's own taste), nearest first, among FOLLOW_CANDIDATES * `follows`
+    candidates drawn uniformly from the authors of at least one tweet. Duplicate candidates
+    count once; a user with fewer distinct candidates than `follows` repeats some (only in
+    tiny catalogues)."""
+    n_u = len(taste)
+    authors = np.flatnonzero(np.bincount(tweet_author, minlength=n_u))
+    n_cand = FOLLOW_CANDIDATES * follows
+    out = np.empty((n_u, follows), dtype=np.int64)
+    chunk = max(1, 2**20 // n_cand)  # users per step: bounds the users x candidates blocks
+    for lo in range(0, n_u, chunk):
+        hi = min(lo + chunk, n_u)
+        picks = rng.integers(0, len(authors), (hi - lo, n_cand), dtype=np.int32)
+        cand = np.sort(authors[picks], axis=1)
+        score = np.matmul(np.take(taste, cand, axis=0), taste[lo:hi, :, None])[..., 0]
+        score[:, 1:][cand[:, 1:] == cand[:, :-1]] = -np.inf
+        top = np.argpartition(-score, follows - 1, axis=1)[:, :follows]
+        top_author = np.take_along_axis(cand, top, axis=1)
+        top_score = np.take_along_axis(score, top, axis=1)
+        # nearest first (ties by author id), whatever order argpartition left them in
+        order = np.lexsort((top_author, -top_score), axis=1)
+        out[lo:hi] = np.take_along_axis(top_author, order, axis=1)
+    return out
+
+
+def pair_uniform(key: int, user: np.ndarray, author: np.ndarray, num_users: int) -> np.ndarray:
+    """A uniform [0, 1) number per (user, author) pair (SplitMix64 of the pair and `key`):
+    the same pair gets the same number in every row, block and run."""
+    with np.errstate(over="ignore"):
+        x = (user.astype(np.uint64) * np.uint64(num_users) + author.astype(np.uint64)) ^ np.uint64(
+            key
+        )
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def expose(
+    w: World, s: GeneratorSettings, rng: np.random.Generator, user: np.ndarray
+) -> np.ndarray:
+    """The tweet each row's user is shown: with probability `personal_exposure` a tweet of a
+    followed author (nearer follows more often, tweet by popularity within the author's),
+    otherwise a tweet by global popularity. Every draw is made for every row, so
+    the knob only changes which rows are personal, not the random stream."""
+    n = len(user)
+    popular = draw(rng, w.tweet_cdf, n)
+    personal = rng.random(n) < s.personal_exposure
+    followed = w.user_follows[user, draw(rng, w.follow_rank_cdf, n)]
+    lo, hi = w.author_start[followed], w.author_start[followed + 1]
+    weight = w.author_tweet_weight
+    target = weight[lo] + rng.random(n) * (weight[hi] - weight[lo])
+    pos = np.clip(np.searchsorted(weight, target, side="right") - 1, lo, hi - 1)
+    return np.where(personal, w.author_tweets[pos], popular)
+
+
+def follows_back(w: World, user: np.ndarray, author: np.ndarray) -> np.ndarray:
+    """engagee_follows_engager: likely when the user follows the author (mutual follows)."""
+    user_follows_author = (w.user_follows[user] == author[:, None]).any(axis=1)
+    p = np.where(user_follows_author, FOLLOW_BACK_IF_FOLLOWED, FOLLOW_BACK_OTHERWISE)
+    return pair_uniform(w.pair_key, user, author, len(w.user_id)) < p
 
 
 # -------------------------------------------------------------------------- rows
@@ -370,9 +487,9 @@ def generate_block(
     n = min(BLOCK_ROWS, s.rows - start)
     rng = np.random.default_rng([s.seed, 1, block])
     user = w.user_by_activity[draw(rng, w.activity_cdf, n)]
-    tweet = draw(rng, w.tweet_cdf, n)
+    tweet = expose(w, s, rng, user)
     author = w.tweet_author[tweet]
-    follows = rng.random(n) < FOLLOW_PROBABILITY
+    follows = follows_back(w, user, author)
     logits = engagement_logits(w, user, tweet, follows, s.signal)
     tweet_ts = w.tweet_timestamp[tweet]
 

@@ -131,6 +131,103 @@ def test_tweets_keep_their_content_and_popularity_is_skewed(tmp_path: Path) -> N
     assert all(len(u) == 32 for u in rows["enaging_user_id"][:100])
 
 
+def _indices(rows: pa.Table, world: gen.World) -> tuple[np.ndarray, np.ndarray]:
+    """(user index, tweet index) in `world` of every row."""
+    user = pc.index_in(rows["enaging_user_id"], value_set=world.user_id).to_numpy()
+    tweet = pc.index_in(rows["tweet_id"], value_set=world.tweet_id).to_numpy()
+    return user, tweet
+
+
+def _engaged(rows: pa.Table) -> np.ndarray:
+    engaged = np.zeros(rows.num_rows, dtype=bool)
+    for kind in ENGAGEMENTS:
+        engaged |= rows[f"{kind}_timestamp"].is_valid().to_numpy(zero_copy_only=False)
+    return engaged
+
+
+def test_personal_exposure_shows_followed_authors_near_the_users_taste(tmp_path: Path) -> None:
+    s = replace(SMALL, rows=20_000, num_users=2_000, num_tweets=10_000)
+    world = gen.build_world(s)
+    shares, affinities, users, flags = {}, {}, {}, {}
+    for p in (0.0, 0.6, 1.0):
+        out = tmp_path / f"p{p}"
+        generate(replace(s, personal_exposure=p), out)
+        rows = pa.concat_tables([_read(out, "train"), _read(out, "test")])
+        user, tweet = _indices(rows, world)
+        author = world.tweet_author[tweet]
+        followed = (world.user_follows[user] == author[:, None]).any(axis=1)
+        shares[p] = followed.mean()
+        affinities[p] = np.einsum("ij,ij->i", world.user_taste[user], world.tweet_topic[tweet])
+        users[p] = np.sort(user)
+        flags[p] = (user, author, rows["engagee_follows_engager"].to_numpy(), followed)
+    # every personal row is a followed author's tweet; popularity rows rarely are
+    assert shares[1.0] == 1.0
+    assert shares[0.0] < 0.1
+    assert shares[0.6] == pytest.approx(0.6 + 0.4 * shares[0.0], abs=0.03)
+    # follows are chosen near the taste, so shown tweets match the user's taste far better
+    # than popularity-drawn ones (whose mean cosine is ~0)
+    assert abs(affinities[0.0].mean()) < 0.03
+    assert affinities[1.0].mean() > 0.15
+    assert affinities[0.6].mean() > 0.5 * affinities[1.0].mean()
+    # the knob changes which tweets are shown, not who is shown them
+    assert np.array_equal(users[0.0], users[0.6])
+    # engagee_follows_engager is a property of the (user, author) pair, mostly mutual follows
+    user, author, flag, followed = flags[0.6]
+    pair = user.astype(np.int64) * s.num_users + author
+    _, first = np.unique(pair, return_inverse=True)
+    per_pair = np.zeros((first.max() + 1, 2))
+    np.add.at(per_pair, first, np.stack([flag, np.ones_like(flag)], axis=1))
+    assert set(np.unique(per_pair[:, 0] / per_pair[:, 1])) <= {0.0, 1.0}
+    assert flag[followed].mean() > 0.3 > flag[~followed].mean()
+    assert 0.2 < flag.mean() < 0.4
+
+
+def _history_vs_popularity_recall(out: Path, s: GeneratorSettings, k: int) -> tuple[float, float]:
+    """Mean recall@k on test/ positives (users and tweets seen in train/) of two model-free
+    recommenders: the user's engaged train authors' tweets (most popular first) and the
+    global popularity list of train positives."""
+    world = gen.build_world(s)
+    train, test = _read(out, "train"), _read(out, "test")
+    tr_user, tr_tweet = _indices(train, world)
+    te_user, te_tweet = _indices(test, world)
+    pos = _engaged(train)
+    popularity = np.bincount(tr_tweet[pos], minlength=s.num_tweets).astype(np.float64)
+    seen = np.bincount(tr_tweet, minlength=s.num_tweets) > 0
+    user_author = np.zeros((s.num_users, s.num_users), dtype=np.float64)
+    np.add.at(user_author, (tr_user[pos], world.tweet_author[tr_tweet[pos]]), 1.0)
+    keep = _engaged(test) & seen[te_tweet] & (user_author.sum(axis=1)[te_user] > 0)
+    held_out: dict[int, set[int]] = {}
+    for u, t in zip(te_user[keep].tolist(), te_tweet[keep].tolist(), strict=True):
+        held_out.setdefault(u, set()).add(t)
+    tie_break = popularity / (popularity.max() + 1.0)  # < 1: never outranks one more engagement
+    top_popular = set(np.argsort(-popularity, kind="stable")[:k].tolist())
+    personal, popular = [], []
+    for u, items in held_out.items():
+        score = np.where(seen, user_author[u, world.tweet_author] + tie_break, -1.0)
+        top = set(np.argsort(-score, kind="stable")[:k].tolist())
+        personal.append(len(top & items) / len(items))
+        popular.append(len(top_popular & items) / len(items))
+    return float(np.mean(personal)), float(np.mean(popular))
+
+
+def test_a_users_history_predicts_its_held_out_tweets_only_with_personal_exposure(
+    tmp_path: Path,
+) -> None:
+    """The generator property behind "two-tower recall beats popularity" (docs/generator.md):
+    with personal exposure, the authors a user engaged with in train predict its test
+    positives better than the global popularity list; with popularity-only exposure they do
+    not, so no personalised retriever could win there."""
+    s = replace(SMALL, rows=60_000, num_users=2_000, num_tweets=10_000)
+    recall = {}
+    for p in (0.0, 0.6):
+        generate(replace(s, personal_exposure=p), tmp_path / f"p{p}")
+        recall[p] = _history_vs_popularity_recall(tmp_path / f"p{p}", s, k=50)
+    personal, popular = recall[0.6]
+    assert personal > popular + 0.1, recall
+    personal0, popular0 = recall[0.0]
+    assert personal0 < popular0, recall
+
+
 def test_summary_is_saved_with_the_data(tmp_path: Path) -> None:
     summary = generate(SMALL, tmp_path / "d")
     saved = load_summary(tmp_path / "d")
@@ -148,6 +245,10 @@ def test_summary_is_saved_with_the_data(tmp_path: Path) -> None:
         ({"test_fraction": 1.0}, "test_fraction"),
         ({"signal": -1.0}, "signal"),
         ({"num_users": 0}, "num_users"),
+        ({"personal_exposure": 1.5}, "personal_exposure"),
+        ({"personal_exposure": -0.1}, "personal_exposure"),
+        ({"follows_per_user": 0}, "follows_per_user"),
+        ({"follows_per_user": 2.5}, "follows_per_user"),
     ],
 )
 def test_bad_settings_fail_naming_the_setting(tmp_path: Path, change: dict, fragment: str) -> None:
