@@ -1,6 +1,7 @@
 """Export cost and Faiss query latency at 100,000 and 1,000,000 items, per index type.
 
     python experiments/bench/bench_export.py [--items 100000 1000000] [--types flat hnsw ivfpq]
+        [--ef-construction 200 64] [--refine 0 10]
 
 What is measured (synthetic catalogue; no trained run needed):
 - `embed_seconds`: the retrieval part of an export for N items: a TwoTower item tower at the
@@ -12,7 +13,12 @@ What is measured (synthetic catalogue; no trained run needed):
   `export_seconds` = embed + id map + build + write, `bundle_bytes` = index + id map + items
   table (the models and the user side do not grow with N);
 - `query_ms`: Faiss search latency at K=200, p50 and p99, for one query at a time (200
-  queries) and for batches of 256 queries (20 batches); queries are random unit vectors.
+  queries) and for batches of 256 queries (20 batches); queries are random unit vectors;
+- `recall`: recall@200 of the index against exact search over the 200 single queries (random
+  unit queries against an untrained tower's vectors: harder than trained user vectors, whose
+  recall the export report gives);
+- `--ef-construction` and `--refine` list HNSW efConstruction values and IVF-PQ refine
+  factors (0 = none) to compare; each gets its own lines (default: the export defaults).
 One JSON line per figure, each with the 1-minute load average (the machine is shared).
 """
 
@@ -32,7 +38,7 @@ import pyarrow.parquet as pq
 import torch
 
 from recsys.export import layout
-from recsys.export.index import IndexSettings, build_index, write_index
+from recsys.export.index import IndexSettings, build_index, recall_at_k, write_index
 from recsys.export.tensors import to_tensors
 from recsys.features.feature_spec import Feature, FeatureSpec
 from recsys.models.two_tower import TwoTower
@@ -82,7 +88,20 @@ def percentiles(values: list[float]) -> tuple[float, float]:
     return float(np.percentile(values, 50)), float(np.percentile(values, 99))
 
 
-def bench(n: int, types: list[str], out: Path | None, work: Path, threads: int) -> None:
+def variants(types: list[str], ef_constructions: list[int], refines: list[int]) -> list[dict]:
+    """IndexSettings keyword sets to measure: one per type, HNSW and IVF-PQ per listed knob."""
+    out: list[dict] = []
+    for kind in types:
+        if kind == "hnsw" and ef_constructions:
+            out += [{"type": kind, "ef_construction": ef} for ef in ef_constructions]
+        elif kind == "ivfpq" and refines:
+            out += [{"type": kind, "refine": r or None} for r in refines]
+        else:
+            out.append({"type": kind})
+    return out
+
+
+def bench(n: int, kinds: list[dict], out: Path | None, work: Path, threads: int) -> None:
     torch.manual_seed(0)
     spec, items = catalogue(n)
     model = TwoTower(spec).eval()  # defaults: embedding 16, tower [1024, 512, 128]
@@ -112,8 +131,9 @@ def bench(n: int, types: list[str], out: Path | None, work: Path, threads: int) 
     rng = np.random.default_rng(1)
     queries = rng.normal(size=(200 + 20 * 256, dim)).astype(np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    for kind in types:
-        settings = IndexSettings(type=kind)
+    for knobs in kinds:
+        kind = knobs["type"]
+        settings = IndexSettings(**knobs)
         t0 = time.perf_counter()
         index, params = build_index(vectors, settings)
         build = time.perf_counter() - t0
@@ -144,6 +164,8 @@ def bench(n: int, types: list[str], out: Path | None, work: Path, threads: int) 
             single.append((time.perf_counter() - t0) * 1e3)
         p50, p99 = percentiles(single)
         emit(out, figure="query_ms", batch=1, k=K, p50=round(p50, 3), p99=round(p99, 3), **tagged)
+        recall = recall_at_k(index, vectors, queries[:200], K)
+        emit(out, figure="recall", k=K, value=round(recall, 4), queries=200, **tagged)
         batched = []
         for b in range(20):
             chunk = queries[200 + b * 256 : 200 + (b + 1) * 256]
@@ -169,6 +191,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--types", nargs="+", default=["flat", "hnsw", "ivfpq"])
+    parser.add_argument("--ef-construction", type=int, nargs="*", default=[])
+    parser.add_argument("--refine", type=int, nargs="*", default=[])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--out", type=Path, default=None, help="also append the lines here")
     args = parser.parse_args()
@@ -176,7 +200,8 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     for n in args.items:
         with tempfile.TemporaryDirectory(prefix="bench_export-") as tmp:
-            bench(n, args.types, args.out, Path(tmp), args.threads)
+            kinds = variants(args.types, args.ef_construction, args.refine)
+            bench(n, kinds, args.out, Path(tmp), args.threads)
 
 
 if __name__ == "__main__":

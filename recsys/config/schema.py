@@ -325,6 +325,7 @@ class IndexConfig:
     nprobe: int = 32
     pq_m: int | None = None
     pq_nbits: int = 8
+    refine: int | None = None
     recall_k: int = 100
     recall_users: int = 1000
     min_recall: float | None = None

@@ -9,6 +9,13 @@ similarity. Index types (`index.type`):
 - `ivfpq`: inverted lists over product-quantised codes (`IndexIVFPQ`, inner product):
   `nlist` lists (null: 4 * sqrt(N), at most N / 39), `nprobe` lists searched, `pq_m`
   sub-quantisers (null: D / 4; must divide D), `pq_nbits` bits each (cut when N is small).
+  It is the memory option: pq_m bytes per item instead of 4 * D, at a recall below the 0.95
+  target (PQ codes only approximate the inner product; docs/export.md has the figures).
+  `refine: r` wraps it in `IndexRefineFlat`, which re-scores the r * k best codes with the
+  exact vectors: recall back above 0.95, but the full vectors are stored again.
+
+`RECALL_TARGET` is the recall@k against exact search the defaults are chosen to reach; the
+export report warns below it.
 
 Files are written with `faiss.write_index` (Faiss's own binary format, not a pickle).
 """
@@ -30,6 +37,8 @@ from recsys.errors import RecsysError
 log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+RECALL_TARGET = 0.95
+EF_CONSTRUCTION = 200
 
 
 class IndexConfigError(RecsysError, ValueError):
@@ -42,12 +51,13 @@ class IndexSettings:
 
     type: str = "hnsw"
     hnsw_m: int = 32
-    ef_construction: int = 200
+    ef_construction: int = EF_CONSTRUCTION
     ef_search: int = 256
     nlist: int | None = None
     nprobe: int = 32
     pq_m: int | None = None
     pq_nbits: int = 8
+    refine: int | None = None
     recall_k: int = 100
     recall_users: int = 1000
     min_recall: float | None = None
@@ -68,6 +78,12 @@ class IndexSettings:
                 raise IndexConfigError(f"index.{key} must be >= 1, got {getattr(self, key)}")
         if self.recall_users < 0:
             raise IndexConfigError(f"index.recall_users must be >= 0, got {self.recall_users}")
+        if self.refine is not None and self.refine < 1:
+            raise IndexConfigError(f"index.refine must be >= 1 or null, got {self.refine}")
+        if self.refine is not None and self.type != "ivfpq":
+            raise IndexConfigError(
+                f"index.refine re-scores PQ codes and needs type=ivfpq, not {self.type!r}"
+            )
         if not 1 <= self.pq_nbits <= 16:
             raise IndexConfigError(f"index.pq_nbits must be in [1, 16], got {self.pq_nbits}")
         if self.min_recall is not None and not 0.0 <= self.min_recall <= 1.0:
@@ -104,10 +120,15 @@ def build_index(vectors: np.ndarray, s: IndexSettings) -> tuple[faiss.Index, dic
                 "index: %d items are too few for pq_nbits=%d; using %d", n, s.pq_nbits, nbits
             )
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, nbits, ip)
+        ivf = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, nbits, ip)
+        ivf.nprobe = min(s.nprobe, nlist)
+        params.update(nlist=nlist, nprobe=ivf.nprobe, pq_m=pq_m, pq_nbits=nbits)
+        index = ivf
+        if s.refine is not None:
+            index = faiss.IndexRefineFlat(ivf)
+            index.k_factor = float(s.refine)
+            params["refine"] = s.refine
         index.train(vectors)
-        index.nprobe = min(s.nprobe, nlist)
-        params.update(nlist=nlist, nprobe=index.nprobe, pq_m=pq_m, pq_nbits=nbits)
     index.add(vectors)
     params["build_seconds"] = round(time.perf_counter() - t0, 3)
     return index, params

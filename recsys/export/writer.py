@@ -33,7 +33,13 @@ from recsys.data.generator import swap_in
 from recsys.errors import RecsysError
 from recsys.export import layout
 from recsys.export.formats import ModuleReport, check_format, file_name, save_module
-from recsys.export.index import IndexSettings, build_index, recall_at_k, write_index
+from recsys.export.index import (
+    RECALL_TARGET,
+    IndexSettings,
+    build_index,
+    recall_at_k,
+    write_index,
+)
 from recsys.export.tensors import read_table, to_tensors
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, Feature, FeatureSpec
 from recsys.models import build_model
@@ -351,6 +357,15 @@ def _write(
         "n/a" if recall is None else f"{recall:.4f}",
         len(queries),
     )
+    if recall is not None and recall < RECALL_TARGET:
+        log.warning(
+            "index %s: recall@%d %.4f is below the %.2f target: %s",
+            params["type"],
+            k,
+            recall,
+            RECALL_TARGET,
+            recall_advice(params["type"]),
+        )
     if recall is not None and s.min_recall is not None and recall < s.min_recall:
         raise ExportError(
             f"index {params['type']}: recall@{k} {recall:.4f} < index.min_recall "
@@ -383,7 +398,7 @@ def _write(
             "file": layout.INDEX,
             "id_map": layout.ITEM_IDS,
             "embed_seconds": embed["seconds"],
-            "recall": {"k": k, "users": len(queries), "recall": recall},
+            "recall": {"k": k, "users": len(queries), "recall": recall, "target": RECALL_TARGET},
         },
         "tables": tables,
         "popularity": {"file": layout.POPULARITY, "items": popular.num_rows},
@@ -391,6 +406,18 @@ def _write(
         "stages": stages,
         "files": files,
     }
+
+
+def recall_advice(index_type: str) -> str:
+    """What raises an index's recall against exact search, by index type."""
+    if index_type == "ivfpq":
+        return (
+            "ivfpq trades recall for memory (PQ codes); set index.refine (e.g. 10) to re-score "
+            "with exact vectors, raise index.nprobe / index.pq_m, or use type=hnsw"
+        )
+    if index_type == "hnsw":
+        return "raise index.ef_search (query time) or index.ef_construction / index.hnsw_m"
+    return "an exact index should not miss; check the vectors for NaN"
 
 
 def _module_record(report: ModuleReport, features: list[Feature]) -> dict[str, Any]:
@@ -406,17 +433,21 @@ def format_summary(manifest: dict[str, Any], out: Path) -> str:
     recall = index["recall"]
     size = sum(f["bytes"] for f in manifest["files"].values())
     value = recall["recall"]
-    return "\n".join(
-        [
-            f"exported bundle {out} ({size / 1e6:.1f} MB, {len(manifest['files']) + 1} files) "
-            f"in {manifest.get('export_seconds', 0):.1f} s",
-            f"  ranker {manifest['models']['ranker']['file']} "
-            f"({manifest['runs']['ranker']['model']}, passes "
-            f"{'+'.join(manifest['models']['ranker']['passes'])}), user tower "
-            f"{manifest['models']['user_tower']['file']}",
-            f"  index {index['type']} over {index['items']:,} items (dim {index['dim']}): "
-            f"recall@{recall['k']} vs exact "
-            + ("n/a" if value is None else f"{value:.4f}")
-            + f" on {recall['users']} users",
-        ]
-    )
+    target = recall.get("target", RECALL_TARGET)  # bundles from before the target was stored
+    lines = [
+        f"exported bundle {out} ({size / 1e6:.1f} MB, {len(manifest['files']) + 1} files) "
+        f"in {manifest.get('export_seconds', 0):.1f} s",
+        f"  ranker {manifest['models']['ranker']['file']} "
+        f"({manifest['runs']['ranker']['model']}, passes "
+        f"{'+'.join(manifest['models']['ranker']['passes'])}), user tower "
+        f"{manifest['models']['user_tower']['file']}",
+        f"  index {index['type']} over {index['items']:,} items (dim {index['dim']}): "
+        f"recall@{recall['k']} vs exact "
+        + ("n/a" if value is None else f"{value:.4f}")
+        + f" on {recall['users']} users",
+    ]
+    if value is not None and value < target:
+        lines.append(
+            f"  WARNING: recall below the {target:.2f} target: {recall_advice(index['type'])}"
+        )
+    return "\n".join(lines)
