@@ -319,7 +319,7 @@ class IndexConfig:
 
     type: str = "hnsw"  # flat | hnsw | ivfpq
     hnsw_m: int = 32
-    ef_construction: int = 200
+    ef_construction: int = 64
     ef_search: int = 256
     nlist: int | None = None
     nprobe: int = 32

@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 RECALL_TARGET = 0.95
-EF_CONSTRUCTION = 200
+# 64, not 200: builds 100k items ~10x faster at the same recall on trained two-tower vectors
+# (docs/export.md has the figures)
+EF_CONSTRUCTION = 64
 
 
 class IndexConfigError(RecsysError, ValueError):

@@ -62,7 +62,16 @@ def summary(directory: Path, manifest: dict[str, Any]) -> str:
     value = recall.get("recall")
     params = ", ".join(
         f"{k} {index[k]}"
-        for k in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_nbits")
+        for k in (
+            "hnsw_m",
+            "ef_construction",
+            "ef_search",
+            "nlist",
+            "nprobe",
+            "pq_m",
+            "pq_nbits",
+            "refine",
+        )
         if k in index
     )
     lines.append(
