@@ -359,11 +359,55 @@ class EvaluateConfig:
 
 
 @dataclass
+class ServeTlsConfig:
+    """Server TLS (PEM files); all null = plaintext. `client_ca` set = client certificates
+    are required and checked against it."""
+
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+
+@dataclass
+class ServeRemoteConfig:
+    """Targets (host:port) of services the recommender calls over gRPC; null = in-process."""
+
+    recall: str | None = None
+    ranking: str | None = None
+    feature: str | None = None
+
+
+@dataclass
 class ServeConfig:
+    """`python -m serving.server` (conf/serve.yaml describes every key; docs/serving.md)."""
+
     task_name: str = "serve"
     bundle: str = "bundles/demo"
     host: str = "127.0.0.1"
     port: int = 50051
+    services: list[str] = field(
+        default_factory=lambda: ["recommender", "recall", "ranking", "feature", "admin"]
+    )
+    ports: dict[str, int] = field(default_factory=dict)
+    remote: ServeRemoteConfig = field(default_factory=ServeRemoteConfig)
+    feature_store: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "recsys"
+    default_k: int = 10
+    max_k: int = 100
+    candidate_count: int = 200
+    max_candidates: int = 1000
+    deadline_ms: int = 1000
+    max_concurrent: int = 64
+    max_message_bytes: int = 4 * 1024 * 1024
+    workers: int = 2
+    torch_threads: int | None = None
+    faiss_threads: int = 1
+    max_rank_batch: int = 8192
+    warmup_requests: int = 3
+    grace_seconds: float = 5.0
+    metrics_port: int | None = 9464
+    tls: ServeTlsConfig = field(default_factory=ServeTlsConfig)
     paths: Any = MISSING
 
 
