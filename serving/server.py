@@ -182,7 +182,8 @@ class ServingApp:
         # tests set this to slow calls down (overload, reload under load); None in service
         self.hook: Callable[[str], Awaitable[None]] | None = None
         self._servers: list[grpc.aio.Server] = []
-        self._health: list[health.aio.HealthServicer] = []
+        # each server's health servicer and the names it answers for ("" = the server)
+        self._health: list[tuple[health.aio.HealthServicer, list[str]]] = []
         self._channels: list[grpc.aio.Channel] = []
         self._remote_recall: Recall | None = None
         self._remote_ranking: Ranking | None = None
@@ -227,6 +228,7 @@ class ServingApp:
             for service in services:
                 self.ports[service] = bound
             log.info("serving %s on %s:%d (loading the bundle)", ", ".join(services), s.host, bound)
+        await self._set_health(NOT_SERVING)  # until a bundle is loaded and warmed
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
         return self.ports
@@ -251,12 +253,11 @@ class ServingApp:
             adders[service]()
         checker = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)
-        self._health.append(checker)
         names = [SERVICE_NAMES[x] for x in services]
+        self._health.append((checker, ["", *names]))
         reflection.enable_server_reflection(
             [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
-        self._health_names = ["", *SERVICE_NAMES.values()]
 
     def _bind(self, server: grpc.aio.Server, port: int) -> int:
         s = self.settings
@@ -276,8 +277,8 @@ class ServingApp:
         return bound
 
     async def _set_health(self, status: int) -> None:
-        for checker in self._health:
-            for name in self._health_names:
+        for checker, names in self._health:
+            for name in names:
                 await checker.set(name, status)
 
     async def load(self, path: str | None = None) -> ServingModel:
@@ -312,7 +313,7 @@ class ServingApp:
     async def stop(self, grace: float | None = None) -> None:
         """Stop admitting calls, let those in progress finish (up to `grace` s), free all."""
         grace = self.settings.grace_seconds if grace is None else grace
-        for checker in self._health:
+        for checker, _ in self._health:
             await checker.enter_graceful_shutdown()
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self._servers.clear()

@@ -17,6 +17,7 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from recsys.errors import RecsysError
 from recsys.export.reader import FeatureSnapshot
 from recsys.features.feature_spec import Feature
 from recsys.train.data import _padded_lists
@@ -25,7 +26,7 @@ SNAPSHOTS = ("ranker", "retrieval")
 ENTITIES = ("user", "item")
 
 
-class FeatureStoreError(RuntimeError):
+class FeatureStoreError(RecsysError, RuntimeError):
     """A store that cannot serve (Redis unreachable, a bundle not loaded into it...)."""
 
 
