@@ -227,7 +227,7 @@ class ServingApp:
             self._servers.append(server)
             for service in services:
                 self.ports[service] = bound
-            log.info("serving %s on %s:%d (loading the bundle)", ", ".join(services), s.host, bound)
+            log.info("listening for %s on %s:%d (health NOT_SERVING until loaded)", ", ".join(services), s.host, bound)
         await self._set_health(NOT_SERVING)  # until a bundle is loaded and warmed
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
@@ -729,7 +729,7 @@ async def serve(settings: ServeConfig) -> None:
         if loading.done():
             model = loading.result()  # a bundle that fails to load raises here
             ports = sorted(set(app.ports.values()))
-            print(f"serving {model.version} on {settings.host}:{ports}", flush=True)
+            print(f"ready: {model.version} on {settings.host}:{ports}", flush=True)
             await waiting
         else:
             loading.cancel()
