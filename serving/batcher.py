@@ -10,6 +10,7 @@ over 200. Work whose deadline passed or whose caller went away is dropped before
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -40,10 +41,9 @@ class _Job:
 
 
 def _post(job: _Job, value: Any, error: BaseException | None) -> None:
-    try:
+    # a closed loop raises RuntimeError: its caller is gone, nobody waits for the answer
+    with contextlib.suppress(RuntimeError):
         job.loop.call_soon_threadsafe(_resolve, job.future, value, error)
-    except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
-        pass
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:

@@ -229,6 +229,17 @@ class ServingModel:
         recall_ms = (time.perf_counter() - t0) * 1e3 - features_ms
         return Recalled(ids[:k], scores[:k], True, features_ms, recall_ms)
 
+    def prepare(
+        self, user_id: str, k: int, exclude: set[str], context: Mapping[str, str]
+    ) -> tuple[Recalled, dict[str, Tensor] | None, float]:
+        """Recall and the ranker's inputs in one go (one worker-thread job per request when
+        both stages are in-process): (recalled, ranker batch or None, features ms)."""
+        recalled = self.recall(user_id, None, k, exclude)
+        if not recalled.user_found or not recalled.item_ids:
+            return recalled, None, 0.0
+        batch, features_ms = self.rank_inputs(user_id, recalled.item_ids, context)
+        return recalled, batch, features_ms
+
     def fallback(self, k: int, exclude: set[str]) -> tuple[list[str], np.ndarray]:
         """The popularity list (cold start): top `k` items not excluded."""
         ids, scores = [], []

@@ -19,6 +19,7 @@ From Python (tests, the end-to-end pipeline):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -66,11 +67,13 @@ from serving.stages import (
     GrpcRecall,
     LocalRanking,
     LocalRecall,
+    Ranked,
     Ranking,
     Recall,
     Runtime,
     UpstreamError,
     check_k,
+    local_recommend,
 )
 
 log = logging.getLogger(__name__)
@@ -227,7 +230,12 @@ class ServingApp:
             self._servers.append(server)
             for service in services:
                 self.ports[service] = bound
-            log.info("listening for %s on %s:%d (health NOT_SERVING until loaded)", ", ".join(services), s.host, bound)
+            log.info(
+                "listening for %s on %s:%d (health NOT_SERVING until loaded)",
+                ", ".join(services),
+                s.host,
+                bound,
+            )
         await self._set_health(NOT_SERVING)  # until a bundle is loaded and warmed
         if s.metrics_port is not None:
             self.metrics_port = self.metrics.serve_http(s.host, s.metrics_port)
@@ -434,7 +442,17 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         exclude = set(request.exclude_item_ids)
         model = self.app.current()  # pinned: a reload mid-request does not mix bundles
         recall, ranking = self.app.stages(model)
-        recalled = await recall.search(request.user_id, candidates, exclude, deadline)
+        context = dict(request.context)
+        ranked: Ranked | None = None
+        if isinstance(recall, LocalRecall) and isinstance(ranking, LocalRanking):
+            assert self.app.runtime is not None
+            recalled, ranked = await local_recommend(
+                self.app.runtime, model, request.user_id, candidates, exclude, context, deadline
+            )
+        else:
+            recalled = await recall.search(request.user_id, candidates, exclude, deadline)
+            if recalled.user_found and recalled.item_ids:
+                ranked = await ranking.rank(request.user_id, recalled.item_ids, context, deadline)
         timings = common_pb2.StageTimings(
             features_ms=recalled.features_ms, recall_ms=recalled.recall_ms
         )
@@ -444,10 +462,7 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
         else:
             fallback = False
             ids, scores = [], np.zeros(0, np.float32)
-            if recalled.item_ids:
-                ranked = await ranking.rank(
-                    request.user_id, recalled.item_ids, dict(request.context), deadline
-                )
+            if ranked is not None:
                 order = np.argsort(-ranked.scores, kind="stable")[:k]
                 ids = [recalled.item_ids[i] for i in order]
                 scores = ranked.scores[order]
@@ -678,10 +693,8 @@ class ServerHandle:
         self._grace = grace
         loop, stop = self._loop, self._stop
         if self._thread.is_alive() and loop is not None and stop is not None:
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(stop.set)
-            except RuntimeError:  # loop already closed
-                pass
         if self._thread.is_alive():
             self._thread.join()
 

@@ -119,6 +119,32 @@ class LocalRanking:
         return Ranked(scores, features_ms, rank_ms)
 
 
+async def local_recommend(
+    runtime: Runtime,
+    model: ServingModel,
+    user_id: str,
+    k: int,
+    exclude: set[str],
+    context: Mapping[str, str],
+    deadline: float,
+) -> tuple[Recalled, Ranked | None]:
+    """Recall then rank, both in-process: the same stages as LocalRecall + LocalRanking, but
+    recall and the ranker's inputs are one worker-thread job, so a request takes two thread
+    hops instead of four (on a loaded machine each wake-up of another thread can cost ms)."""
+    _check_deadline(deadline, "recall")
+    recalled, batch, features_ms = await runtime.run(model.prepare, user_id, k, exclude, context)
+    runtime.metrics.stage("features", recalled.features_ms + features_ms)
+    runtime.metrics.stage("recall", recalled.recall_ms)
+    if batch is None:
+        return recalled, None
+    _check_deadline(deadline, "ranking")
+    t0 = time.perf_counter()
+    scores = await runtime.batcher.score(model, batch, deadline)
+    rank_ms = (time.perf_counter() - t0) * 1e3
+    runtime.metrics.stage("rank", rank_ms)
+    return recalled, Ranked(scores, features_ms, rank_ms)
+
+
 def _timeout(deadline: float) -> float:
     return max(0.001, deadline - time.monotonic())
 

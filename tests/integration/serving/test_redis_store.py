@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,9 +73,9 @@ def test_redis_and_memory_stores_return_identical_features(
 
 
 def test_a_bundle_not_loaded_into_redis_is_refused_by_name(redis_url: str) -> None:
-    with pytest.raises(FeatureStoreError, match="serving.feature_store.load"):
+    with pytest.raises(FeatureStoreError, match=re.escape("serving.feature_store.load")):
         RedisFeatureStore(redis_url, "recsys", "0123456789abcdef")
-    with pytest.raises(FeatureStoreError, match="redis_url=redis://127.0.0.1:1/0"):
+    with pytest.raises(FeatureStoreError, match=re.escape("redis_url=redis://127.0.0.1:1/0")):
         RedisFeatureStore("redis://127.0.0.1:1/0", "recsys", "x")
 
 
@@ -92,9 +93,7 @@ def test_server_on_redis_recommends_what_the_memory_server_does(
         }
         with start_background(settings) as handle, RecommenderClient(handle.target) as client:
             assert client.status().feature_store == store
-            answers[store] = [
-                client.recommend(u, k=6, context={"device": "tablet"}) for u in users
-            ]
+            answers[store] = [client.recommend(u, k=6, context={"device": "tablet"}) for u in users]
     for a, b in zip(answers["memory"], answers["redis"], strict=True):
         assert a.items == b.items and a.fallback == b.fallback
         np.testing.assert_array_equal(a.scores, b.scores)

@@ -335,8 +335,20 @@ def test_start_background_leaves_no_thread_or_socket(serving_bundle: Path) -> No
 
 def test_client_command_prints_json(server: ServerHandle, bundle, capsys) -> None:
     user = known_users(bundle)[0]
-    code = client_cli.main(["--target", server.target, "recommend", "--user", user, "--k", "3",
-                            "--context", "device=phone", "--json"])
+    code = client_cli.main(
+        [
+            "--target",
+            server.target,
+            "recommend",
+            "--user",
+            user,
+            "--k",
+            "3",
+            "--context",
+            "device=phone",
+            "--json",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["items"]) == 3 and out["fallback"] is False
