@@ -43,9 +43,17 @@ class RecommendResult:
     timings: dict[str, float] = field(default_factory=dict)  # server-side stages (ms)
 
 
-def _channel(target: str, ca: str | None = None, timeout: float | None = None) -> grpc.Channel:
+def _channel(
+    target: str, ca: str | None = None, cert: str | None = None, key: str | None = None
+) -> grpc.Channel:
+    """Plaintext, or TLS when `ca` (the server's CA) is given; `cert` + `key`: a client
+    certificate for servers that require one (serve config `tls.client_ca`)."""
     if ca:
-        credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca).read_bytes())
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=Path(ca).read_bytes(),
+            private_key=Path(key).read_bytes() if key else None,
+            certificate_chain=Path(cert).read_bytes() if cert else None,
+        )
         return grpc.secure_channel(target, credentials)
     return grpc.insecure_channel(target)
 
@@ -53,10 +61,17 @@ def _channel(target: str, ca: str | None = None, timeout: float | None = None) -
 class RecommenderClient:
     """Blocking client of Recommender (and Admin / health) at `target` (host:port)."""
 
-    def __init__(self, target: str, timeout: float = 5.0, ca: str | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float = 5.0,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
-        self._channel = _channel(target, ca)
+        self._channel = _channel(target, ca, cert, key)
         self._stub = recommender_pb2_grpc.RecommenderStub(self._channel)
         self._admin = admin_pb2_grpc.AdminStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -148,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default=DEFAULT_TARGET, help="server host:port")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per call")
     parser.add_argument("--ca", help="PEM of the server's CA (TLS); none = plaintext")
+    parser.add_argument("--cert", help="client certificate PEM (servers with tls.client_ca)")
+    parser.add_argument("--key", help="client private key PEM")
     parser.add_argument("--health", action="store_true", help="check health and exit")
     sub = parser.add_subparsers(dest="command")
     rec = sub.add_parser("recommend", help="recommend items for a user")
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "health" if args.health else args.command
     if command is None:
         parser.error("give a command (recommend, health, reload, status) or --health")
-    with RecommenderClient(args.target, args.timeout, args.ca) as client:
+    with RecommenderClient(args.target, args.timeout, args.ca, args.cert, args.key) as client:
         try:
             if command == "health":
                 status = client.health()

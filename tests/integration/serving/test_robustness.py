@@ -217,3 +217,44 @@ def test_sigterm_drains_and_exits_zero(serving_bundle: Path, tmp_path: Path) -> 
     assert exit_seconds < 10
     # calls in progress finished; later ones were refused cleanly, none failed inside
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all from the CA."""
+    d = tmp_path_factory.mktemp("tls")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)  # fmt: skip
+    (d / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "1", "-extfile", "san.cnf", "-out", f"{name}.pem",
+                 cwd=d)  # fmt: skip
+    return d
+
+
+def test_tls_with_client_certificates(serving_bundle: Path, certificates: Path) -> None:
+    d = certificates
+    settings = {
+        "bundle": str(serving_bundle),
+        "metrics_port": None,
+        "tls": {
+            "cert": str(d / "server.pem"),
+            "key": str(d / "server.key"),
+            "client_ca": str(d / "ca.pem"),
+        },
+    }
+    with start_background(settings) as handle:
+        ca, cert, key = (str(d / f) for f in ("ca.pem", "client.pem", "client.key"))
+        with RecommenderClient(handle.target, ca=ca, cert=cert, key=key) as client:
+            assert len(client.recommend(USER, k=3).items) == 3
+        with RecommenderClient(handle.target, ca=ca, timeout=2) as anonymous:
+            assert _code(lambda: anonymous.recommend(USER, k=3)) == grpc.StatusCode.UNAVAILABLE
+        with RecommenderClient(handle.target, timeout=2) as plaintext:
+            assert _code(lambda: plaintext.recommend(USER, k=3)) == grpc.StatusCode.UNAVAILABLE

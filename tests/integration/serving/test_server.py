@@ -356,3 +356,11 @@ def test_client_command_prints_json(server: ServerHandle, bundle, capsys) -> Non
     assert capsys.readouterr().out.strip() == "SERVING"
     assert client_cli.main(["--target", server.target, "recommend", "--user", "", "--k", "3"]) == 1
     assert "INVALID_ARGUMENT: user_id" in capsys.readouterr().err
+
+
+def test_a_message_over_the_size_bound_is_refused(client: RecommenderClient, bundle) -> None:
+    huge = ["x" * 1000] * 5000  # ~5 MB > max_message_bytes (4 MiB)
+    with pytest.raises(grpc.RpcError) as info:
+        client.recommend(known_users(bundle)[0], k=3, exclude=huge)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(client.recommend(known_users(bundle)[0], k=3).items) == 3
