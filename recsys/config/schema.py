@@ -368,9 +368,46 @@ class ServeConfig:
 
 
 @dataclass
+class PipelineOverrides:
+    """Extra Hydra overrides per stage, e.g. {export: ["index.type=flat"]}."""
+
+    preprocess: list[str] = field(default_factory=lambda: ["spark.log_level=ERROR"])
+    train_ranker: list[str] = field(default_factory=list)
+    train_retrieval: list[str] = field(default_factory=list)
+    export: list[str] = field(default_factory=list)
+    evaluate: list[str] = field(default_factory=list)
+    serve: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SmokeConfig:
+    """The Recommend requests the pipeline sends to its live server."""
+
+    users: int = 3
+    k: int = 10
+    unknown_user: str = "unknown-user"
+
+
+@dataclass
 class PipelineStages:
     rows: int = 100_000
     work_dir: str = "${paths.data_dir}/demo"
+    ranker_features: str = "recsys2021_wnd"
+    retrieval_features: str = "recsys2021_two_tower"
+    retrieval_model: str = "two_tower"
+    # stages to run, in this order; a later stage needs the earlier ones' outputs
+    stages: list[str] = field(
+        default_factory=lambda: [
+            "generate",
+            "features",
+            "train",
+            "export",
+            "evaluate",
+            "serve",
+        ]
+    )
+    overrides: PipelineOverrides = field(default_factory=PipelineOverrides)
+    smoke: SmokeConfig = field(default_factory=SmokeConfig)
 
 
 @dataclass
@@ -378,8 +415,12 @@ class PipelineConfig:
     task_name: str = "pipeline"
     seed: int = 0
     resume: bool = True
+    precision: Precision = Precision.fp32
     pipeline: PipelineStages = field(default_factory=PipelineStages)
     dataset: Any = MISSING
+    model: Any = MISSING
+    backend: Any = MISSING
+    trainer: Any = MISSING
     paths: Any = MISSING
 
 
