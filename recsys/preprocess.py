@@ -41,7 +41,7 @@ from recsys.features.source import (
     require_rows,
     spark_errors,
 )
-from recsys.features.spark import build_spark, set_shuffle_partitions
+from recsys.features.spark import build_spark, set_shuffle_partitions, stop_spark
 from recsys.features.split import check_fractions, split_frame
 from recsys.features.tables import entity_tables
 from recsys.provenance import write_json_atomic
@@ -107,10 +107,9 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
     stages = {"spark_start": round(time.perf_counter() - t0, 2)}
     out = Path(cfg.out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    cached: list[DataFrame] = []
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        summary = _run(cfg, spark, pipeline, tmp, cached, stages)
+        summary = _run(cfg, spark, pipeline, tmp, stages)
         summary.seconds = round(time.perf_counter() - t0, 2)
         summary.out = str(out)
         write_json_atomic(tmp / SUMMARY_FILE, asdict(summary))
@@ -119,10 +118,8 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        for df in cached:
-            df.unpersist()
         if own_spark:
-            spark.stop()
+            stop_spark(spark)
     log.info(format_summary(summary))
     return summary
 
@@ -132,7 +129,6 @@ def _run(
     spark: SparkSession,
     pipeline: FeaturePipeline,
     tmp: Path,
-    cached: list[DataFrame],
     stages: dict[str, float],
 ) -> PreprocessSummary:
     t = time.perf_counter()
@@ -176,8 +172,6 @@ def _run(
             )
         frames["valid"] = frames["valid"] if frames["valid"] is not None else valid
         frames["test"] = frames["test"] if frames["test"] is not None else test
-    train = train.persist()
-    cached.append(train)
     frames["train"] = train
     log.info("reading %s (%s); fitting features=%s on train", data, fmt, pipeline.name)
 

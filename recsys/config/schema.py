@@ -254,6 +254,8 @@ class SparkConfig:
     app_name: str = "recsys-preprocess"
     driver_memory: str = "4g"
     jvm_options: str = ""
+    class_cache: bool = False
+    class_cache_dir: str | None = None
     shuffle_partitions: int | None = None
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)

@@ -237,6 +237,17 @@ def set_column(table: pa.Table, name: str, values: pa.Array | np.ndarray) -> pa.
     return table.append_column(name, values)
 
 
+def spark_case_index(col: Column, is_string: bool, values: list[str]) -> Column:
+    """Index by a CASE WHEN over a short list of known values (no join): 0, 1 or 2 + position."""
+    from pyspark.sql import functions as F
+
+    as_string = col.cast("string")
+    expr = F.when(spark_is_missing(col, is_string), F.lit(MISSING))
+    for i, value in enumerate(values):
+        expr = expr.when(as_string == F.lit(value), F.lit(FIRST_KNOWN + i))
+    return expr.otherwise(F.lit(UNKNOWN)).cast("bigint")
+
+
 def _regex_literal(sep: str) -> str:
     """A Java regex matching `sep` literally (Spark's `split` takes a regex)."""
     return re.escape(sep)
@@ -435,12 +446,8 @@ class MapValues(Op):
     def spark_expr(self, column: str) -> Column:
         from pyspark.sql import functions as F
 
-        col = F.col(column)
-        as_string = col.cast("string")
-        expr = F.when(spark_is_missing(col, self._is_string(column)), F.lit(MISSING))
-        for i, value in enumerate(self.params.values):
-            expr = expr.when(as_string == F.lit(str(value)), F.lit(FIRST_KNOWN + i))
-        return expr.otherwise(F.lit(UNKNOWN)).cast("bigint")
+        values = [str(v) for v in self.params.values]
+        return spark_case_index(F.col(column), self._is_string(column), values)
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         vocab = Vocabulary(pa.array([str(v) for v in self.params.values]), np.zeros(0))
@@ -609,8 +616,13 @@ class CategoryEncode(Aggregated, Op):
             }
             return df.withColumns(udfs)
         spark = df.sparkSession
+        small = {}
         for column, out in zip(self.columns, self.out, strict=True):
             vocab = self.vocab_for(column)
+            if len(vocab) <= CASE_MAX_VALUES:  # a few values: an expression, not a join
+                values = vocab.values.to_pylist()
+                small[out] = spark_case_index(F.col(column), self._is_string(column), values)
+                continue
             v_col, i_col = f"__{self.name}_{out}_value", f"__{self.name}_{out}_index"
             table = vocab.spark_frame(spark, v_col, i_col)
             if len(vocab) <= BROADCAST_MAX_VALUES:
@@ -623,7 +635,7 @@ class CategoryEncode(Aggregated, Op):
                 .cast("bigint")
             )
             df = df.withColumn(out, index).drop(v_col, i_col)
-        return df
+        return df.withColumns(small) if small else df
 
     def _transform_arrow(self, table: pa.Table) -> pa.Table:
         p = self.params
@@ -670,6 +682,9 @@ class CategoryEncode(Aggregated, Op):
             "categorical", size=vocab.size, stats=stats, vocabulary=self.vocab_key(column)
         )
 
+
+CASE_MAX_VALUES = 16
+"""Vocabularies up to this size are applied by a CASE WHEN expression instead of a join."""
 
 BROADCAST_MAX_VALUES = 2_000_000
 """Vocabularies up to this size are broadcast to every task for the join; bigger ones shuffle."""
