@@ -114,6 +114,8 @@ class FeaturesConfig:
     label: str | None = None
     user_id: str | None = None
     item_id: str | None = None
+    # free-form knobs for steps to interpolate (${features.params.<name>}) in your own configs
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -338,6 +340,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="base_recsys2021", node=RecSys2021Config)
     cs.store(group="dataset", name="base_criteo", node=CriteoConfig)
     cs.store(group="dataset", name="base_table", node=TableDatasetConfig)
+    cs.store(group="features", name="base_features", node=FeaturesConfig)
     cs.store(group="features", name="base_recsys2021_wnd", node=RecSys2021WndFeaturesConfig)
     cs.store(
         group="features", name="base_recsys2021_two_tower", node=RecSys2021TwoTowerFeaturesConfig
