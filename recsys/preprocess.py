@@ -43,7 +43,7 @@ from recsys.features.source import (
 )
 from recsys.features.spark import build_spark, set_shuffle_partitions, stop_spark
 from recsys.features.split import check_fractions, split_frame
-from recsys.features.tables import entity_tables
+from recsys.features.tables import TABLE_COLUMN, finish_table, latest_rows, table_specs
 from recsys.provenance import write_json_atomic
 
 if TYPE_CHECKING:
@@ -193,13 +193,16 @@ def _run(
         spec = pipeline.feature_spec(vocabulary_dir=f"{PIPELINE_DIR}/vocabularies")
         spec.save(tmp)
         table_rows = {}
-        if cfg.tables:
+        tables = table_specs(pipeline, spec) if cfg.tables else []
+        if tables:
             written = spark.read.parquet(str(staging))
-            tables = entity_tables([written], pipeline, spec, time_column)
-            for directory, table in tables.items():
-                table.write.parquet(str(tmp / directory))
-                _tidy(tmp / directory)
-                table_rows[directory] = parquet_rows(tmp / directory)
+            latest_rows(written, tables, time_column).write.partitionBy(TABLE_COLUMN).parquet(
+                str(tmp / "_tables")
+            )
+            for table in tables:
+                rows_written = finish_table(tmp / "_tables", tmp / table.directory, table)
+                table_rows[table.directory] = rows_written
+            shutil.rmtree(tmp / "_tables")
         shutil.rmtree(staging)
         stages["tables"] = round(time.perf_counter() - t, 2)
     return PreprocessSummary(
@@ -252,17 +255,6 @@ def _finish_split(staging: Path, target: Path, features: list[str]) -> int:
         empty = schema.empty_table().select(features)
         pq.write_table(empty, target / "part-00000.parquet")
     return rows
-
-
-def _tidy(directory: Path) -> None:
-    """Drop the local file system's .crc checksum files beside Spark's output."""
-    for crc in directory.glob(".*.crc"):
-        crc.unlink()
-
-
-def parquet_rows(directory: Path) -> int:
-    """Rows of the parquet files in `directory`, from their footers."""
-    return sum(pq.read_metadata(f).num_rows for f in sorted(directory.glob("*.parquet")))
 
 
 def format_summary(summary: PreprocessSummary) -> str:
