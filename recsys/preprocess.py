@@ -35,8 +35,9 @@ from recsys.data.generator import swap_in
 from recsys.features.columns import FeatureError, MissingColumnError
 from recsys.features.pipeline import FeaturePipeline
 from recsys.features.source import (
+    PartInfo,
     find_parts,
-    input_bytes,
+    inspect_part,
     read_part,
     require_rows,
     spark_errors,
@@ -101,6 +102,7 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
     t0 = time.perf_counter()
     check_preprocess(cfg)
     pipeline = build_pipeline(cfg)
+    inputs = inspect_inputs(cfg, pipeline)  # bad input fails here, before Spark starts
     own_spark = spark is None
     if own_spark:
         spark = build_spark(_container(cfg.spark))
@@ -109,7 +111,7 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        summary = _run(cfg, spark, pipeline, tmp, stages)
+        summary = _run(cfg, spark, pipeline, inputs, tmp, stages)
         summary.seconds = round(time.perf_counter() - t0, 2)
         summary.out = str(out)
         write_json_atomic(tmp / SUMMARY_FILE, asdict(summary))
@@ -124,49 +126,64 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
     return summary
 
 
+@dataclass
+class Inputs:
+    """The parts of the input and what is known of them before Spark starts."""
+
+    parts: dict[str, PartInfo | None]  # train / valid / test (None: split off train)
+    needed: list[str]  # raw columns to read
+    time_column: str | None
+
+
+def inspect_inputs(cfg: DictConfig, pipeline: FeaturePipeline) -> Inputs:
+    dataset = _container(cfg.dataset)
+    time_column = cfg.split.time_column or dataset.get("time_column")
+    needed = list(dict.fromkeys([*pipeline.raw_columns, *([time_column] if time_column else [])]))
+    found = find_parts(str(cfg.data))
+    parts = {
+        name: inspect_part(path, dataset, needed) if path is not None else None
+        for name, path in ((n, getattr(found, n)) for n in SPLITS)
+    }
+    return Inputs(parts, needed, time_column)
+
+
 def _run(
     cfg: DictConfig,
     spark: SparkSession,
     pipeline: FeaturePipeline,
+    inputs: Inputs,
     tmp: Path,
     stages: dict[str, float],
 ) -> PreprocessSummary:
     t = time.perf_counter()
     dataset = _container(cfg.dataset)
     data = str(cfg.data)
-    time_column = cfg.split.time_column or dataset.get("time_column")
+    time_column = inputs.time_column
     keep = [time_column] if time_column else []
-    needed = list(dict.fromkeys([*pipeline.raw_columns, *keep]))
-    parts = find_parts(data)
     fmt = dataset.get("format", "parquet")
-    partitions = set_shuffle_partitions(
-        spark, input_bytes(parts.train, fmt), cfg.spark.shuffle_partitions
-    )
+    train_part = inputs.parts["train"]
+    partitions = set_shuffle_partitions(spark, train_part.bytes, cfg.spark.shuffle_partitions)
 
     frames: dict[str, DataFrame | None] = {}
-    train_rows = None
-    for name in SPLITS:
-        path = getattr(parts, name)
-        if path is None:
+    for name, part in inputs.parts.items():
+        if part is None:
             frames[name] = None
             continue
-        df, known_rows = read_part(spark, path, dataset)
-        if name == "train":
-            train_rows = known_rows
-        missing = [c for c in needed if c not in df.columns]
+        df = read_part(spark, part.path, dataset)
+        missing = [c for c in inputs.needed if c not in df.columns]
         if missing:
             raise MissingColumnError(
-                f"input {path}: missing column{'s' if len(missing) > 1 else ''} "
+                f"input {part.path}: missing column{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(repr(c) for c in missing)}"
             )
-        frames[name] = df.select(*needed)
+        frames[name] = df.select(*inputs.needed)
     train = frames["train"]
-    require_rows(train, parts.train, "train", train_rows)
+    require_rows(train, train_part.path, "train", train_part.rows)
     split = cfg.split
     if frames["valid"] is None or frames["test"] is None:
         valid_fraction = split.valid_fraction if frames["valid"] is None else 0.0
         test_fraction = split.test_fraction if frames["test"] is None else 0.0
-        with spark_errors(f"input {parts.train}"):
+        with spark_errors(f"input {train_part.path}"):
             train, valid, test = split_frame(
                 train, split.method, valid_fraction, test_fraction, cfg.seed, time_column
             )
@@ -180,7 +197,7 @@ def _run(
         stages["fit"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
         processed = _transform_splits(pipeline, frames, keep)
-        staging = tmp / "_staging"
+        staging = tmp / "staging"  # not "_staging": Spark skips paths starting with _
         processed.write.partitionBy(SPLIT_COLUMN).parquet(str(staging))
         features = list(pipeline.outputs)
         rows = {name: _finish_split(staging, tmp / name, features) for name in SPLITS}

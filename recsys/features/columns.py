@@ -120,6 +120,12 @@ def _check_accepted(column: str, logical: str, kind: str, shown: str) -> None:
         )
 
 
+def check_arrow_type(column: str, logical: str | None, t: pa.DataType) -> None:
+    """Refuse a stored Arrow type that cannot be read as the declared logical type."""
+    if logical is not None:
+        _check_accepted(column, logical, arrow_kind(t), str(t))
+
+
 def require_columns(present: Iterable[str], needed: Iterable[str], where: str) -> None:
     present = set(present)
     missing = [c for c in needed if c not in present]

@@ -196,6 +196,9 @@ def spark_settings(cfg: Mapping[str, Any], class_cache: list[str] = ()) -> dict[
         "spark.sql.maxConcurrentOutputFileWriters": "4",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.session.timeZone": "UTC",
+        # Constraint inference on plans with hundreds of CASE WHEN branches (the small
+        # vocabularies) costs the planner minutes and gigabytes; nothing here needs it
+        "spark.sql.constraintPropagation.enabled": "false",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.pyspark.python": sys.executable,
