@@ -114,6 +114,8 @@ class FeaturesConfig:
     label: str | None = None
     user_id: str | None = None
     item_id: str | None = None
+    # free-form knobs for steps to interpolate (${features.params.<name>}) in your own configs
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -278,6 +280,8 @@ class SparkConfig:
     app_name: str = "recsys-preprocess"
     driver_memory: str = "4g"
     jvm_options: str = ""
+    class_cache: bool = False
+    class_cache_dir: str | None = None
     shuffle_partitions: int | None = None
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)
@@ -439,6 +443,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="base_recsys2021", node=RecSys2021Config)
     cs.store(group="dataset", name="base_criteo", node=CriteoConfig)
     cs.store(group="dataset", name="base_table", node=TableDatasetConfig)
+    cs.store(group="features", name="base_features", node=FeaturesConfig)
     cs.store(group="features", name="base_recsys2021_wnd", node=RecSys2021WndFeaturesConfig)
     cs.store(
         group="features", name="base_recsys2021_two_tower", node=RecSys2021TwoTowerFeaturesConfig
