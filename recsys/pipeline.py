@@ -253,9 +253,7 @@ def stage_features(state: PipelineState) -> StageRecord:
     return StageRecord("features", round(seconds, 1), reused_all, "; ".join(parts), details)
 
 
-def _train_one(
-    state: PipelineState, role: str, model: str, overrides: list[str]
-) -> StageRecord:
+def _train_one(state: PipelineState, role: str, model: str, overrides: list[str]) -> StageRecord:
     from recsys.provenance import record_run
     from recsys.train.run import check_train_config, run_training
 
