@@ -49,6 +49,11 @@ def bundle_id(path: str | Path) -> str:
     return bundle_layout.sha256(Path(path) / bundle_layout.MANIFEST)[:16]
 
 
+def model_version(path: str | Path) -> str:
+    """`<directory name>-<12 hex digits of the manifest's sha256>` (replies, metrics)."""
+    return f"{Path(path).name}-{bundle_id(path)[:12]}"
+
+
 @dataclass
 class Recalled:
     """Faiss's answer for one user: raw item ids (best first) and their inner products."""
@@ -77,7 +82,7 @@ class ServingModel:
         self.settings = settings
         self.path = bundle.path
         self.id = bundle_id(bundle.path)
-        self.version = f"{Path(bundle.path).name}-{self.id[:12]}"
+        self.version = model_version(bundle.path)
         self.ranker_spec = bundle.ranker_features.spec
         self.retrieval_spec = bundle.retrieval_features.spec
         self.ranker_inputs = [self.ranker_spec[n] for n in bundle.ranker_inputs]
@@ -383,6 +388,16 @@ def _column_tensor(feature: Feature, column: pa.ChunkedArray) -> Tensor:
 
 
 def open_store(bundle: Bundle, settings: ServeConfig) -> FeatureStore:
+    if settings.remote.feature:
+        from serving.feature_store.base import bundle_layouts
+        from serving.feature_store.grpc_store import GrpcFeatureStore
+
+        return GrpcFeatureStore(
+            settings.remote.feature,
+            bundle_layouts(bundle),
+            model_version(bundle.path),
+            settings.max_message_bytes,
+        )
     if settings.feature_store == "memory":
         return MemoryFeatureStore(bundle)
     return RedisFeatureStore(settings.redis_url, settings.redis_prefix, bundle_id(bundle.path))

@@ -388,7 +388,7 @@ class ServingApp:
         except (TimeoutError, DeadlineExpired):
             code = grpc.StatusCode.DEADLINE_EXCEEDED
             message = f"deadline exceeded ({method}; server budget {s.deadline_ms} ms)"
-        except NotReady as e:
+        except (NotReady, FeatureStoreError) as e:  # e.g. Redis or a feature server down
             code, message = grpc.StatusCode.UNAVAILABLE, str(e)
         except ReloadRefused as e:
             code, message = grpc.StatusCode.FAILED_PRECONDITION, str(e)

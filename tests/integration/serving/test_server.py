@@ -296,11 +296,18 @@ def test_metrics_count_requests_by_method_and_code(
 
 
 def test_split_deployment_gives_the_same_answers(
-    serving_bundle: Path, client: RecommenderClient, bundle
+    serving_bundle: Path, server: ServerHandle, client: RecommenderClient, bundle
 ) -> None:
-    """Recall and ranking in one server, the recommender in another calling them over gRPC."""
+    """Three tiers: the module's server as the feature server; recall and ranking in a second
+    server reading features from it over gRPC; the recommender in a third calling those."""
     common = {"bundle": str(serving_bundle), "metrics_port": None, "port": 0}
-    stages = ServerHandle(settings_from({**common, "services": ["recall", "ranking"]})).start()
+    stage_settings = {
+        **common,
+        "services": ["recall", "ranking"],
+        "remote": {"feature": server.target},
+    }
+    stages = ServerHandle(settings_from(stage_settings)).start()
+    assert stages.app.current().store.kind == "grpc"
     try:
         remote = f"127.0.0.1:{stages.port}"
         front_settings = settings_from(
