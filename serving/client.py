@@ -158,13 +158,23 @@ def _context(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _connection_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--target and TLS options; on subcommands with SUPPRESS defaults, so they may come
+    before or after the command (`--target X recommend ...` or `recommend --target X ...`)."""
+
+    def default(value: object) -> object:
+        return value if defaults else argparse.SUPPRESS
+
+    parser.add_argument("--target", default=default(DEFAULT_TARGET), help="server host:port")
+    parser.add_argument("--timeout", type=float, default=default(5.0), help="seconds per call")
+    parser.add_argument("--ca", default=default(None), help="PEM of the server's CA (TLS)")
+    parser.add_argument("--cert", default=default(None), help="client certificate PEM")
+    parser.add_argument("--key", default=default(None), help="client private key PEM")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__)
-    parser.add_argument("--target", default=DEFAULT_TARGET, help="server host:port")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds per call")
-    parser.add_argument("--ca", help="PEM of the server's CA (TLS); none = plaintext")
-    parser.add_argument("--cert", help="client certificate PEM (servers with tls.client_ca)")
-    parser.add_argument("--key", help="client private key PEM")
+    _connection_options(parser, defaults=True)
     parser.add_argument("--health", action="store_true", help="check health and exit")
     sub = parser.add_subparsers(dest="command")
     rec = sub.add_parser("recommend", help="recommend items for a user")
@@ -174,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     rec.add_argument("--context", nargs="*", default=[], metavar="KEY=VALUE")
     rec.add_argument("--exclude", nargs="*", default=[], metavar="ITEM")
     rec.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    sub.add_parser("health", help="check health")
+    health = sub.add_parser("health", help="check health")
     reload = sub.add_parser("reload", help="hot reload a bundle (Admin.Reload)")
     reload.add_argument("--bundle", default="", help="bundle dir on the server; none = same")
-    sub.add_parser("status", help="what the server serves (Admin.Status)")
+    status = sub.add_parser("status", help="what the server serves (Admin.Status)")
+    for command in (rec, health, reload, status):
+        _connection_options(command, defaults=False)
     args = parser.parse_args(argv)
     command = "health" if args.health else args.command
     if command is None:

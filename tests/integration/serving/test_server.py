@@ -359,6 +359,10 @@ def test_client_command_prints_json(server: ServerHandle, bundle, capsys) -> Non
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["items"]) == 3 and out["fallback"] is False
+    code = client_cli.main(["recommend", "--target", server.target, "--user", user, "--k", "2"])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "model " in table and "2 items in" in table
     assert client_cli.main(["--target", server.target, "--health"]) == 0
     assert capsys.readouterr().out.strip() == "SERVING"
     assert client_cli.main(["--target", server.target, "recommend", "--user", "", "--k", "3"]) == 1
