@@ -226,6 +226,12 @@ class ServingApp:
             server = grpc.aio.server(options=options)
             self._add_services(server, services)
             bound = self._bind(server, port)
+            if bound == 0:
+                # an unstarted server holds grpc's poller thread until it is collected; the
+                # exception's traceback would keep it alive through this frame
+                await server.stop(None)
+                del server
+                raise ServeConfigError(f"cannot listen on {s.host}:{port} (port in use?)")
             await server.start()
             self._servers.append(server)
             for service in services:
@@ -268,6 +274,7 @@ class ServingApp:
         )
 
     def _bind(self, server: grpc.aio.Server, port: int) -> int:
+        """The bound port, or 0 when `host:port` cannot be bound."""
         s = self.settings
         address = f"{s.host}:{port}"
         if s.tls.cert:
@@ -277,12 +284,13 @@ class ServingApp:
                 root_certificates=ca,
                 require_client_auth=ca is not None,
             )
-            bound = server.add_secure_port(address, credentials)
+            add = lambda: server.add_secure_port(address, credentials)  # noqa: E731
         else:
-            bound = server.add_insecure_port(address)
-        if bound == 0:
-            raise ServeConfigError(f"cannot listen on {address} (port in use?)")
-        return bound
+            add = lambda: server.add_insecure_port(address)  # noqa: E731
+        try:
+            return int(add())  # 0 when the address cannot be bound
+        except RuntimeError:  # newer grpcio raises instead
+            return 0
 
     async def _set_health(self, status: int) -> None:
         for checker, names in self._health:
@@ -732,10 +740,10 @@ async def serve(settings: ServeConfig) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await app.start()
-    if app.metrics_port is not None:
-        log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics_port)
     try:
+        await app.start()
+        if app.metrics_port is not None:
+            log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics_port)
         loading = asyncio.ensure_future(app.load())
         waiting = asyncio.ensure_future(stop.wait())
         await asyncio.wait({loading, waiting}, return_when=asyncio.FIRST_COMPLETED)

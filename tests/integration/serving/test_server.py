@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from recsys.export.reader import load_bundle
 from serving import client as client_cli
 from serving.client import RecommenderClient
+from serving.errors import ServeConfigError
 from serving.proto.recsys.v1 import (
     feature_pb2,
     feature_pb2_grpc,
@@ -375,3 +376,15 @@ def test_a_message_over_the_size_bound_is_refused(client: RecommenderClient, bun
         client.recommend(known_users(bundle)[0], k=3, exclude=huge)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(client.recommend(known_users(bundle)[0], k=3).items) == 3
+
+
+def test_a_port_in_use_fails_naming_the_address(serving_bundle: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        before = set(threading.enumerate())
+        settings = settings_from({"bundle": str(serving_bundle), "port": port})
+        with pytest.raises(ServeConfigError, match=f"127.0.0.1:{port}"):
+            ServerHandle(settings).start()
+        assert set(threading.enumerate()) <= before
