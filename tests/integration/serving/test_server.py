@@ -388,3 +388,29 @@ def test_a_port_in_use_fails_naming_the_address(serving_bundle: Path) -> None:
         with pytest.raises(ServeConfigError, match=f"127.0.0.1:{port}"):
             ServerHandle(settings).start()
         assert set(threading.enumerate()) <= before
+
+
+def test_odd_requests_never_fail_inside_the_server(
+    channel: grpc.Channel, client: RecommenderClient, bundle
+) -> None:
+    raw = channel.unary_unary("/recsys.v1.Recommender/Recommend")  # bytes in, bytes out
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\xff\x00 not a protobuf \x12\x80", timeout=5)
+    # grpc.aio itself answers a body that does not parse (UNKNOWN, "Error parsing message")
+    assert info.value.code() == grpc.StatusCode.UNKNOWN
+    assert "Error parsing message" in info.value.details()
+    user = known_users(bundle)[0]
+    everything = bundle.item_ids["raw_id"].to_pylist()
+    odd = [
+        dict(user_id="ü" * 10_000, k=5),  # unknown, long, unicode: the fallback answers
+        dict(user_id=user, k=MAX_K, candidate_count=1),  # candidates raised to k
+        dict(user_id=user, k=5, exclude=everything),  # nothing left to recommend
+        dict(user_id=user, k=5, context={"device": ""}),  # empty value: missing encoding
+        dict(user_id=user, k=5, context={"device": "\x00"}),  # unseen value: unknown index
+    ]
+    answers = [client.recommend(**request) for request in odd]
+    assert answers[0].fallback and len(answers[0].items) == 5
+    assert len(answers[1].items) == MAX_K
+    assert answers[2].items == [] and not answers[2].fallback
+    assert len(answers[3].items) == len(answers[4].items) == 5
+    assert len(client.recommend(user, k=3).items) == 3
