@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from threading import Lock
@@ -235,15 +235,23 @@ class ServingModel:
         return Recalled(ids[:k], scores[:k], True, features_ms, recall_ms)
 
     def prepare(
-        self, user_id: str, k: int, exclude: set[str], context: Mapping[str, str]
-    ) -> tuple[Recalled, dict[str, Tensor] | None, float]:
-        """Recall and the ranker's inputs in one go (one worker-thread job per request when
-        both stages are in-process): (recalled, ranker batch or None, features ms)."""
+        self,
+        user_id: str,
+        k: int,
+        exclude: set[str],
+        context: Mapping[str, str],
+        score_inline: Callable[[ServingModel, dict[str, Tensor]], np.ndarray | None],
+    ) -> tuple[Recalled, dict[str, Tensor] | None, float, np.ndarray | None, float]:
+        """Recall, the ranker's inputs and, when `score_inline` can run it at once, the
+        forward pass, in one worker-thread job (both stages in-process):
+        (recalled, ranker batch or None, features ms, scores or None, forward ms)."""
         recalled = self.recall(user_id, None, k, exclude)
         if not recalled.user_found or not recalled.item_ids:
-            return recalled, None, 0.0
+            return recalled, None, 0.0, None, 0.0
         batch, features_ms = self.rank_inputs(user_id, recalled.item_ids, context)
-        return recalled, batch, features_ms
+        t0 = time.perf_counter()
+        scores = score_inline(self, batch)
+        return recalled, batch, features_ms, scores, (time.perf_counter() - t0) * 1e3
 
     def fallback(self, k: int, exclude: set[str]) -> tuple[list[str], np.ndarray]:
         """The popularity list (cold start): top `k` items not excluded."""

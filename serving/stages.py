@@ -129,18 +129,22 @@ async def local_recommend(
     deadline: float,
 ) -> tuple[Recalled, Ranked | None]:
     """Recall then rank, both in-process: the same stages as LocalRecall + LocalRanking, but
-    recall and the ranker's inputs are one worker-thread job, so a request takes two thread
-    hops instead of four (on a loaded machine each wake-up of another thread can cost ms)."""
+    recall, the ranker's inputs and (when the ranker is idle) its forward pass are one
+    worker-thread job, so a lone request takes two thread hand-offs instead of six (on a
+    loaded machine each wake-up of another thread can cost a time slice)."""
     _check_deadline(deadline, "recall")
-    recalled, batch, features_ms = await runtime.run(model.prepare, user_id, k, exclude, context)
+    recalled, batch, features_ms, scores, rank_ms = await runtime.run(
+        model.prepare, user_id, k, exclude, context, runtime.batcher.score_inline
+    )
     runtime.metrics.stage("features", recalled.features_ms + features_ms)
     runtime.metrics.stage("recall", recalled.recall_ms)
     if batch is None:
         return recalled, None
-    _check_deadline(deadline, "ranking")
-    t0 = time.perf_counter()
-    scores = await runtime.batcher.score(model, batch, deadline)
-    rank_ms = (time.perf_counter() - t0) * 1e3
+    if scores is None:  # the ranker was busy: join the next shared forward pass
+        _check_deadline(deadline, "ranking")
+        t0 = time.perf_counter()
+        scores = await runtime.batcher.score(model, batch, deadline)
+        rank_ms = (time.perf_counter() - t0) * 1e3
     runtime.metrics.stage("rank", rank_ms)
     return recalled, Ranked(scores, features_ms, rank_ms)
 

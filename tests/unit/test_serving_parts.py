@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from types import SimpleNamespace
 
@@ -176,3 +177,55 @@ def test_batcher_drops_expired_work_and_fails_only_the_failing_requests() -> Non
     assert isinstance(late, DeadlineExpired)
     assert isinstance(bad, ValueError)
     np.testing.assert_array_equal(good, np.ones(2, np.float32))
+
+
+class OverlapModel(FakeModel):
+    """Records the most forward passes ever running at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.running = 0
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def score(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        try:
+            return super().score(batch)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def test_inline_forward_runs_when_idle_and_never_beside_another() -> None:
+    model = OverlapModel()
+    batcher = RankBatcher(max_rows=1000)
+    try:
+        assert batcher.score_inline(model, {"x": torch.ones(4)}).tolist() == [1.0] * 4
+        with batcher._busy:  # a forward pass in progress: the caller must queue instead
+            assert batcher.score_inline(model, {"x": torch.ones(4)}) is None
+
+        async def scenario() -> list[np.ndarray]:
+            loop = asyncio.get_running_loop()
+
+            def inline_or_none(i: int) -> np.ndarray | None:
+                return batcher.score_inline(model, {"x": torch.full((3,), float(i))})
+
+            inline = [loop.run_in_executor(None, inline_or_none, i) for i in range(8)]
+            queued = [
+                batcher.score(model, {"x": torch.full((2,), float(i))}, time.monotonic() + 10)
+                for i in range(8)
+            ]
+            return await asyncio.gather(*inline, *queued)
+
+        results = asyncio.run(scenario())
+    finally:
+        batcher.close()
+    assert model.most == 1  # inline and batched forward passes never overlapped
+    inline, queued = results[:8], results[8:]
+    for i, r in enumerate(inline):
+        assert r is None or r.tolist() == [float(i)] * 3
+    for i, r in enumerate(queued):
+        assert r.tolist() == [float(i)] * 2
