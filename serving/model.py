@@ -184,7 +184,7 @@ class ServingModel:
                 if ids:
                     batch, _ = self.rank_inputs(user, ids, {})
                     self.score(batch)
-            self.fallback(self.settings.default_k, set())
+            self.fallback(10, set())
 
     def close(self) -> None:
         self.store.close()

@@ -142,7 +142,6 @@ def validate(s: ServeConfig) -> None:
     if s.feature_store not in ("memory", "redis"):
         raise ServeConfigError(f"feature_store {s.feature_store!r} is not memory or redis")
     for key in (
-        "default_k",
         "max_k",
         "candidate_count",
         "max_candidates",
@@ -157,8 +156,8 @@ def validate(s: ServeConfig) -> None:
             raise ServeConfigError(f"{key} must be >= 1, got {getattr(s, key)}")
     if s.warmup_requests < 0 or s.grace_seconds < 0:
         raise ServeConfigError("warmup_requests and grace_seconds must be >= 0")
-    if s.default_k > s.max_k or s.candidate_count > s.max_candidates:
-        raise ServeConfigError("default_k must be <= max_k and candidate_count <= max_candidates")
+    if s.candidate_count > s.max_candidates:
+        raise ServeConfigError("candidate_count must be <= max_candidates")
     if s.torch_threads is not None and s.torch_threads < 1:
         raise ServeConfigError(f"torch_threads must be >= 1 or null, got {s.torch_threads}")
     if bool(s.tls.cert) != bool(s.tls.key) or (s.tls.client_ca and not s.tls.cert):

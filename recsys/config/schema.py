@@ -397,7 +397,6 @@ class ServeConfig:
     feature_store: str = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "recsys"
-    default_k: int = 10
     max_k: int = 100
     candidate_count: int = 200
     max_candidates: int = 1000

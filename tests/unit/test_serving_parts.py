@@ -48,7 +48,7 @@ def test_serve_config_composes_with_its_defaults_and_overrides() -> None:
         ({"services": ["recommender", "search"]}, "services"),
         ({"ports": {"ranking": 1}, "services": ["recommender"]}, "ports"),
         ({"max_concurrent": 0}, "max_concurrent"),
-        ({"default_k": 500}, "default_k"),
+        ({"candidate_count": 5000}, "candidate_count"),
         ({"tls": {"cert": "a.pem"}}, "tls"),
         ({"deadline_ms": "soon"}, "deadline_ms"),
     ],
