@@ -135,14 +135,27 @@ def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
         raise PipelineError(f"{config_name} config with {overrides}: {e}") from e
 
 
-def forwarded(state: PipelineState, roots: tuple[str, ...]) -> list[str]:
-    """The command line's `<root>.key=value` overrides, passed on to a stage's config."""
-    out = []
-    for override in state.user_overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if "." in key and key.split(".", 1)[0] in roots:
-            out.append(override)
-    return out
+def _literal(value: Any) -> str:
+    """A value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_literal(v)}" for k, v in value.items()) + "}"
+    return quoted(str(value))
+
+
+def as_overrides(cfg: DictConfig, root: str) -> list[str]:
+    """The pipeline's resolved `root` node (pipeline.yaml and the command line) as overrides
+    of a stage config with the same group, so both trainings get the same settings."""
+    node = OmegaConf.to_container(cfg[root], resolve=True, enum_to_str=True)
+    assert isinstance(node, dict)
+    return [f"{root}.{key}={_literal(value)}" for key, value in node.items() if key != "_target_"]
 
 
 def quoted(path: Path | str) -> str:
@@ -221,7 +234,6 @@ def stage_features(state: PipelineState) -> StageRecord:
                 f"out={quoted(out)}",
                 "overwrite=true",
                 f"seed={cfg.seed}",
-                *forwarded(state, ("spark",)),
                 *cfg.pipeline.overrides.preprocess,
             ],
         )
@@ -302,9 +314,10 @@ def stage_train(state: PipelineState) -> StageRecord:
     common = [
         f"backend={state.choices['backend']}",
         f"trainer={state.choices['trainer']}",
+        *as_overrides(cfg, "backend"),
+        *as_overrides(cfg, "trainer"),
         f"seed={cfg.seed}",
         f"precision={OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)['precision']}",
-        *forwarded(state, ("backend", "trainer")),
     ]
     ranker = _train_one(
         state,
@@ -314,7 +327,7 @@ def stage_train(state: PipelineState) -> StageRecord:
             f"model={state.choices['model']}",
             f"data={quoted(state.path(str(cfg.pipeline.ranker_features)))}",
             *common,
-            *forwarded(state, ("model",)),
+            *as_overrides(cfg, "model"),
             *cfg.pipeline.overrides.train_ranker,
         ],
     )
