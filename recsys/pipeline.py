@@ -125,6 +125,27 @@ def mark_done(state: PipelineState, name: str, key: str, record: StageRecord) ->
     write_json_atomic(marker_path(state, name), {"key": key, "record": asdict(record)})
 
 
+def run_or_reuse(
+    state: PipelineState,
+    name: str,
+    key: str,
+    outputs: list[Path],
+    run: Callable[[], StageRecord],
+) -> StageRecord:
+    """An earlier record of this step when `resume` allows it, else `run()` and mark it done."""
+    earlier = reusable(state, name, key, outputs)
+    if earlier is not None:
+        record = StageRecord(**earlier["record"])
+        record.reused = True
+    else:
+        t = time.perf_counter()
+        record = run()
+        record.seconds = round(time.perf_counter() - t, 1)
+        mark_done(state, name, key, record)
+    state.keys[name] = key
+    return record
+
+
 def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
     """The config `python -m recsys.<stage> <overrides>` would get (same files, same checks)."""
     from hydra import compose
@@ -135,14 +156,27 @@ def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
         raise PipelineError(f"{config_name} config with {overrides}: {e}") from e
 
 
-def forwarded(state: PipelineState, roots: tuple[str, ...]) -> list[str]:
-    """The command line's `<root>.key=value` overrides, passed on to a stage's config."""
-    out = []
-    for override in state.user_overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if "." in key and key.split(".", 1)[0] in roots:
-            out.append(override)
-    return out
+def _literal(value: Any) -> str:
+    """A value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_literal(v)}" for k, v in value.items()) + "}"
+    return quoted(str(value))
+
+
+def as_overrides(cfg: DictConfig, root: str) -> list[str]:
+    """The pipeline's resolved `root` node (pipeline.yaml and the command line) as overrides
+    of a stage config with the same group, so both trainings get the same settings."""
+    node = OmegaConf.to_container(cfg[root], resolve=True, enum_to_str=True)
+    assert isinstance(node, dict)
+    return [f"{root}.{key}={_literal(value)}" for key, value in node.items() if key != "_target_"]
 
 
 def quoted(path: Path | str) -> str:
@@ -201,56 +235,57 @@ def _spark(state: PipelineState, cfg: DictConfig) -> Any:
     return state.spark
 
 
-def stage_features(state: PipelineState) -> StageRecord:
+def _features_one(state: PipelineState, role: str, name: str) -> StageRecord:
     from recsys.preprocess import preprocess
 
     cfg = state.cfg
-    raw = state.path("recsys2021")
-    parts, details, seconds, reused_all = [], {}, 0.0, True
-    for role, name in (
-        ("ranker", cfg.pipeline.ranker_features),
-        ("retrieval", cfg.pipeline.retrieval_features),
-    ):
-        out = state.path(str(name))
-        stage_cfg = compose_stage(
-            "preprocess",
-            [
-                f"features={name}",
-                "dataset=recsys2021",
-                f"data={quoted(raw)}",
-                f"out={quoted(out)}",
-                "overwrite=true",
-                f"seed={cfg.seed}",
-                *forwarded(state, ("spark",)),
-                *cfg.pipeline.overrides.preprocess,
-            ],
+    out = state.path(name)
+    stage_cfg = compose_stage(
+        "preprocess",
+        [
+            f"features={name}",
+            "dataset=recsys2021",
+            f"data={quoted(state.path('recsys2021'))}",
+            f"out={quoted(out)}",
+            "overwrite=true",
+            f"seed={cfg.seed}",
+            *cfg.pipeline.overrides.preprocess,
+        ],
+    )
+
+    def run() -> StageRecord:
+        log.info("  %s features (%s) on Spark ...", role, name)
+        summary = preprocess(stage_cfg, spark=_spark(state, stage_cfg))
+        rows = summary.rows
+        return StageRecord(
+            f"features_{role}",
+            0.0,
+            False,
+            f"{name}: train {rows['train']:,} / valid {rows['valid']:,} / "
+            f"test {rows['test']:,} rows",
+            {"summary": asdict(summary), "out": str(out)},
         )
-        key = stage_key(settings_of(stage_cfg), state.keys["generate"])
-        marker = f"features_{role}"
-        earlier = reusable(state, marker, key, [out])
-        if earlier is not None:
-            record = StageRecord(**earlier["record"])
-            record.reused = True
-        else:
-            reused_all = False
-            t = time.perf_counter()
-            log.info("  %s features (%s) on Spark ...", role, name)
-            summary = preprocess(stage_cfg, spark=_spark(state, stage_cfg))
-            rows = summary.rows
-            record = StageRecord(
-                marker,
-                round(time.perf_counter() - t, 1),
-                False,
-                f"{name}: train {rows['train']:,} / valid {rows['valid']:,} / "
-                f"test {rows['test']:,} rows",
-                {"summary": asdict(summary), "out": str(out)},
-            )
-            mark_done(state, marker, key, record)
-        state.keys[marker] = key
-        parts.append(record.line)
-        details[role] = record.details
-        seconds += record.seconds
-    return StageRecord("features", round(seconds, 1), reused_all, "; ".join(parts), details)
+
+    key = stage_key(settings_of(stage_cfg), state.keys["generate"])
+    return run_or_reuse(state, f"features_{role}", key, [out], run)
+
+
+def combined(name: str, ranker: StageRecord, retrieval: StageRecord) -> StageRecord:
+    """One stage's record from its ranker and retrieval halves."""
+    return StageRecord(
+        name,
+        round(ranker.seconds + retrieval.seconds, 1),
+        ranker.reused and retrieval.reused,
+        f"{ranker.line}; {retrieval.line}",
+        {"ranker": ranker.details, "retrieval": retrieval.details},
+    )
+
+
+def stage_features(state: PipelineState) -> StageRecord:
+    cfg = state.cfg
+    ranker = _features_one(state, "ranker", str(cfg.pipeline.ranker_features))
+    retrieval = _features_one(state, "retrieval", str(cfg.pipeline.retrieval_features))
+    return combined("features", ranker, retrieval)
 
 
 def _train_one(state: PipelineState, role: str, model: str, overrides: list[str]) -> StageRecord:
@@ -262,13 +297,8 @@ def _train_one(state: PipelineState, role: str, model: str, overrides: list[str]
     out = state.path("runs", role)
     features_key = state.keys[f"features_{role}"]
     key = stage_key(settings_of(stage_cfg), features_key)
-    marker = f"train_{role}"
-    earlier = reusable(state, marker, key, [out / "result.json"])
-    if earlier is not None:
-        record = StageRecord(**earlier["record"])
-        record.reused = True
-    else:
-        t = time.perf_counter()
+
+    def run() -> StageRecord:
         log.info(
             "  %s: %s on %s ...",
             role,
@@ -280,17 +310,16 @@ def _train_one(state: PipelineState, role: str, model: str, overrides: list[str]
         with temp_dir_for(out) as tmp:
             record_run(stage_cfg, tmp)
             result = run_training(stage_cfg, tmp)
-        record = StageRecord(
-            marker,
-            round(time.perf_counter() - t, 1),
+        return StageRecord(
+            f"train_{role}",
+            0.0,
             False,
             f"{role} {model}: best {result['metric']} "
             f"{_num(result['best'])} at epoch {result['best_epoch']}",
             {"result": result, "run_dir": str(out), "model": model},
         )
-        mark_done(state, marker, key, record)
-    state.keys[marker] = key
-    return record
+
+    return run_or_reuse(state, f"train_{role}", key, [out / "result.json"], run)
 
 
 def _num(value: float | None) -> str:
@@ -302,9 +331,10 @@ def stage_train(state: PipelineState) -> StageRecord:
     common = [
         f"backend={state.choices['backend']}",
         f"trainer={state.choices['trainer']}",
+        *as_overrides(cfg, "backend"),
+        *as_overrides(cfg, "trainer"),
         f"seed={cfg.seed}",
         f"precision={OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)['precision']}",
-        *forwarded(state, ("backend", "trainer")),
     ]
     ranker = _train_one(
         state,
@@ -314,7 +344,7 @@ def stage_train(state: PipelineState) -> StageRecord:
             f"model={state.choices['model']}",
             f"data={quoted(state.path(str(cfg.pipeline.ranker_features)))}",
             *common,
-            *forwarded(state, ("model",)),
+            *as_overrides(cfg, "model"),
             *cfg.pipeline.overrides.train_ranker,
         ],
     )
@@ -329,13 +359,7 @@ def stage_train(state: PipelineState) -> StageRecord:
             *cfg.pipeline.overrides.train_retrieval,
         ],
     )
-    return StageRecord(
-        "train",
-        round(ranker.seconds + retrieval.seconds, 1),
-        ranker.reused and retrieval.reused,
-        f"{ranker.line}; {retrieval.line}",
-        {"ranker": ranker.details, "retrieval": retrieval.details},
-    )
+    return combined("train", ranker, retrieval)
 
 
 def stage_export(state: PipelineState) -> StageRecord:
@@ -357,19 +381,15 @@ def stage_export(state: PipelineState) -> StageRecord:
     key = stage_key(
         settings_of(stage_cfg), state.keys["train_ranker"], state.keys["train_retrieval"]
     )
-    earlier = reusable(state, "export", key, [out / "manifest.json"])
-    if earlier is not None:
-        record = StageRecord(**earlier["record"])
-        record.reused = True
-    else:
-        t = time.perf_counter()
+
+    def run() -> StageRecord:
         manifest = export_bundle(settings_from_config(stage_cfg))
         size = sum(f["bytes"] for f in manifest["files"].values())
         index, recall = manifest["index"], manifest["index"]["recall"]
         items = manifest["tables"]["retrieval"].get(layout.ITEMS, 0)
-        record = StageRecord(
+        return StageRecord(
             "export",
-            round(time.perf_counter() - t, 1),
+            0.0,
             False,
             f"{index['type']} index of {items:,} items"
             + (
@@ -380,9 +400,8 @@ def stage_export(state: PipelineState) -> StageRecord:
             + f", {size / 1e6:.1f} MB -> {out}",
             {"bundle": str(out), "manifest": manifest},
         )
-        mark_done(state, "export", key, record)
-    state.keys["export"] = key
-    return record
+
+    return run_or_reuse(state, "export", key, [out / "manifest.json"], run)
 
 
 def stage_evaluate(state: PipelineState) -> StageRecord:
@@ -400,27 +419,23 @@ def stage_evaluate(state: PipelineState) -> StageRecord:
         ],
     )
     key = stage_key(settings_of(stage_cfg), state.keys["export"])
-    earlier = reusable(state, "evaluate", key, [report_file])
-    if earlier is not None:
-        record = StageRecord(**earlier["record"])
-        record.reused = True
-        return record
-    t = time.perf_counter()
-    report = evaluate_bundle(settings_from_config(stage_cfg))
-    k = max(report["k"])
-    metrics = report["metrics"]
-    record = StageRecord(
-        "evaluate",
-        round(time.perf_counter() - t, 1),
-        False,
-        f"recall@{k}: recall+rank {metrics['rank'][f'recall@{k}']:.4f}, "
-        f"retrieval {metrics['retrieval'][f'recall@{k}']:.4f}, "
-        f"popularity {metrics['popularity'][f'recall@{k}']:.4f} "
-        f"({report['users']:,} users)",
-        {"report": report},
-    )
-    mark_done(state, "evaluate", key, record)
-    return record
+
+    def run() -> StageRecord:
+        report = evaluate_bundle(settings_from_config(stage_cfg))
+        k = max(report["k"])
+        metrics = report["metrics"]
+        return StageRecord(
+            "evaluate",
+            0.0,
+            False,
+            f"recall@{k}: recall+rank {metrics['rank'][f'recall@{k}']:.4f}, "
+            f"retrieval {metrics['retrieval'][f'recall@{k}']:.4f}, "
+            f"popularity {metrics['popularity'][f'recall@{k}']:.4f} "
+            f"({report['users']:,} users)",
+            {"report": report},
+        )
+
+    return run_or_reuse(state, "evaluate", key, [report_file], run)
 
 
 def smoke_users(state: PipelineState, n: int) -> list[str]:
@@ -544,7 +559,13 @@ def _key_only(state: PipelineState, name: str) -> None:
             state.keys[marker_name] = json.loads(marker.read_text())["key"]
 
 
-CONSOLE_LOGGERS = ("recsys.pipeline", "recsys.run_report", "recsys.train.run", "__main__")
+CONSOLE_LOGGERS = (
+    "recsys.pipeline",
+    "recsys.run_report",
+    "recsys.train.run",
+    "recsys.train.loop",
+    "__main__",
+)
 
 
 class ConsoleFilter(logging.Filter):

@@ -184,6 +184,8 @@ def write_report(state: PipelineState, total_seconds: float) -> Path:
 
     md: list[str] = ["# Pipeline report", ""]
     md += [f"- {line}" for line in top]
+    command = " ".join(["python -m recsys.pipeline", *state.user_overrides])
+    md += ["", f"Command: `{command}`"]
     md += [
         "",
         f"Work directory `{state.work_dir}`, run directory `{out}`, total {total_seconds:.1f} s.",
