@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit bench lint format clean
+.PHONY: install demo test test-unit bench lint format proto clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# regenerate serving/proto/recsys/v1/*_pb2*.py(i) from the .proto files (a test checks they match)
+proto: install
+	$(PY) -m serving.proto.generate
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,55 +1,629 @@
-"""`python -m recsys.pipeline` (what `make demo` runs): the main job on embedded defaults.
+"""`python -m recsys.pipeline` (what `make demo` runs): raw logs to live recommendations.
 
-Stages so far: generate RecSys 2021 data. Feature engineering, training, export and the
-serving smoke test join as their issues land. With `resume=true` (the default) a stage whose
-output exists and was made with the same settings is reused instead of redone.
+Stages, each a call into the same code the stage's own command runs, with that command's
+config composed from `conf/` (so `pipeline.overrides.<stage>` takes any of its keys):
+
+  generate  RecSys 2021 data with the planted signal              recsys.generate
+  features  ranker and retrieval features on one local Spark      recsys.preprocess
+  train     the ranker (model=...) and the two-tower on Ray        recsys.train
+  export    one bundle                                             recsys.export
+  evaluate  Recall@K of recall + rank against popularity           recsys.evaluate
+  serve     the gRPC server on a free loopback port, a few real Recommend calls, then stop
+
+Everything a stage writes goes to `pipeline.work_dir`, under a temporary name renamed into
+place when the stage is complete, so an interrupted run leaves no half-written output. With
+`resume=true` a stage whose output exists and was made from the same settings (a hash of its
+resolved config and of its inputs' hashes) is reused. The run directory gets `report.md`,
+`report.html` and the training curves.
 """
 
+from __future__ import annotations
+
+import hashlib
+import json
 import logging
+import shutil
 import time
-from dataclasses import asdict
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
 from recsys.data.generator import (
-    GenerateSummary,
     format_summary,
     generate,
     load_summary,
     settings_from_dataset,
 )
+from recsys.errors import RecsysError
+from recsys.provenance import write_json_atomic
 
 log = logging.getLogger(__name__)
 register_configs()
 
+STAGES = ("generate", "features", "train", "export", "evaluate", "serve")
+STAGE_DIR = "_stages"  # one JSON marker per finished stage: its key and its summary
 
-def stage_generate(cfg: DictConfig) -> GenerateSummary:
+
+class PipelineError(RecsysError, ValueError):
+    """A pipeline setting that cannot work (unknown stage, a stage without its input)."""
+
+
+@dataclass
+class StageRecord:
+    """What one stage did: shown on the console, kept in its marker, used by the report."""
+
+    name: str
+    seconds: float
+    reused: bool
+    line: str  # the one-line summary printed when the stage ends
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineState:
+    """The pipeline's settings and what its stages have produced so far."""
+
+    cfg: DictConfig
+    work_dir: Path
+    run_dir: Path
+    choices: dict[str, str]
+    user_overrides: list[str]
+    keys: dict[str, str] = field(default_factory=dict)
+    records: dict[str, StageRecord] = field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    spark: Any = None
+
+    def path(self, *parts: str) -> Path:
+        return self.work_dir.joinpath(*parts)
+
+
+# ------------------------------------------------------------------ settings and markers
+
+
+def stage_key(*parts: Any) -> str:
+    """A stable hash of a stage's settings and of its inputs' keys."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def settings_of(cfg: DictConfig) -> dict[str, Any]:
+    """A stage config as plain data, without the parts that change from run to run."""
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert isinstance(plain, dict)
+    for volatile in ("paths", "hydra", "overwrite", "resume"):
+        plain.pop(volatile, None)
+    return plain
+
+
+def marker_path(state: PipelineState, name: str) -> Path:
+    return state.path(STAGE_DIR, f"{name}.json")
+
+
+def reusable(state: PipelineState, name: str, key: str, outputs: list[Path]) -> dict | None:
+    """The marker of an earlier run of this stage with the same key, if its outputs exist."""
+    if not state.cfg.resume:
+        return None
+    marker = marker_path(state, name)
+    if not marker.is_file() or not all(p.exists() for p in outputs):
+        return None
+    try:
+        saved = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+    return saved if saved.get("key") == key else None
+
+
+def mark_done(state: PipelineState, name: str, key: str, record: StageRecord) -> None:
+    write_json_atomic(marker_path(state, name), {"key": key, "record": asdict(record)})
+
+
+def run_or_reuse(
+    state: PipelineState,
+    name: str,
+    key: str,
+    outputs: list[Path],
+    run: Callable[[], StageRecord],
+) -> StageRecord:
+    """An earlier record of this step when `resume` allows it, else `run()` and mark it done."""
+    earlier = reusable(state, name, key, outputs)
+    if earlier is not None:
+        record = StageRecord(**earlier["record"])
+        record.reused = True
+    else:
+        t = time.perf_counter()
+        record = run()
+        record.seconds = round(time.perf_counter() - t, 1)
+        mark_done(state, name, key, record)
+    state.keys[name] = key
+    return record
+
+
+def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config `python -m recsys.<stage> <overrides>` would get (same files, same checks)."""
+    from hydra import compose
+
+    try:
+        return compose(config_name=config_name, overrides=overrides)
+    except Exception as e:  # Hydra's composition errors name the bad key
+        raise PipelineError(f"{config_name} config with {overrides}: {e}") from e
+
+
+def _literal(value: Any) -> str:
+    """A value in Hydra's override grammar."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ",".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_literal(v)}" for k, v in value.items()) + "}"
+    return quoted(str(value))
+
+
+def as_overrides(cfg: DictConfig, root: str) -> list[str]:
+    """The pipeline's resolved `root` node (pipeline.yaml and the command line) as overrides
+    of a stage config with the same group, so both trainings get the same settings."""
+    node = OmegaConf.to_container(cfg[root], resolve=True, enum_to_str=True)
+    assert isinstance(node, dict)
+    return [f"{root}.{key}={_literal(value)}" for key, value in node.items() if key != "_target_"]
+
+
+def quoted(path: Path | str) -> str:
+    return "'" + str(path).replace("'", "\\'") + "'"
+
+
+@contextmanager
+def temp_dir_for(target: Path) -> Iterator[Path]:
+    """A fresh temporary directory beside `target`, renamed onto it when the block succeeds."""
+    from recsys.data.generator import swap_in
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ------------------------------------------------------------------ stages
+
+
+def stage_generate(state: PipelineState) -> StageRecord:
+    cfg = state.cfg
     settings = settings_from_dataset(cfg.dataset, rows=cfg.pipeline.rows, seed=cfg.seed)
     settings.validate()
-    out = Path(cfg.pipeline.work_dir) / "recsys2021"
+    out = state.path("recsys2021")
+    state.keys["generate"] = stage_key(asdict(settings))
     earlier = load_summary(out) if cfg.resume else None
     if earlier is not None and earlier.settings == asdict(settings):
-        log.info("[generate] reusing %s (same settings; resume=false regenerates)", out)
-        return earlier
-    log.info("[generate] %s rows (seed %d) -> %s", f"{settings.rows:,}", settings.seed, out)
-    return generate(settings, out, overwrite=True)
+        summary, reused = earlier, True
+    else:
+        summary, reused = generate(settings, out, overwrite=True), False
+    log.debug(format_summary(summary))
+    rows = summary.rows["train"] + summary.rows["test"]
+    best = summary.best_auc.get("test")
+    return StageRecord(
+        "generate",
+        summary.seconds,
+        reused,
+        f"{rows:,} rows, label rate {summary.label_rate['train'].get('any', float('nan')):.1%}"
+        + (f", best achievable test AUC {best:.4f}" if best is not None else "")
+        + f" -> {out}",
+        {"summary": asdict(summary)},
+    )
 
 
-def run_pipeline(cfg: DictConfig) -> dict[str, object]:
+def _spark(state: PipelineState, cfg: DictConfig) -> Any:
+    if state.spark is None:
+        from recsys.features.spark import build_spark
+
+        state.spark = build_spark(OmegaConf.to_container(cfg.spark, resolve=True))
+    return state.spark
+
+
+def _features_one(state: PipelineState, role: str, name: str) -> StageRecord:
+    from recsys.preprocess import preprocess
+
+    cfg = state.cfg
+    out = state.path(name)
+    stage_cfg = compose_stage(
+        "preprocess",
+        [
+            f"features={name}",
+            "dataset=recsys2021",
+            f"data={quoted(state.path('recsys2021'))}",
+            f"out={quoted(out)}",
+            "overwrite=true",
+            f"seed={cfg.seed}",
+            *cfg.pipeline.overrides.preprocess,
+        ],
+    )
+
+    def run() -> StageRecord:
+        log.info("  %s features (%s) on Spark ...", role, name)
+        summary = preprocess(stage_cfg, spark=_spark(state, stage_cfg))
+        rows = summary.rows
+        return StageRecord(
+            f"features_{role}",
+            0.0,
+            False,
+            f"{name}: train {rows['train']:,} / valid {rows['valid']:,} / "
+            f"test {rows['test']:,} rows",
+            {"summary": asdict(summary), "out": str(out)},
+        )
+
+    key = stage_key(settings_of(stage_cfg), state.keys["generate"])
+    return run_or_reuse(state, f"features_{role}", key, [out], run)
+
+
+def combined(name: str, ranker: StageRecord, retrieval: StageRecord) -> StageRecord:
+    """One stage's record from its ranker and retrieval halves."""
+    return StageRecord(
+        name,
+        round(ranker.seconds + retrieval.seconds, 1),
+        ranker.reused and retrieval.reused,
+        f"{ranker.line}; {retrieval.line}",
+        {"ranker": ranker.details, "retrieval": retrieval.details},
+    )
+
+
+def stage_features(state: PipelineState) -> StageRecord:
+    cfg = state.cfg
+    ranker = _features_one(state, "ranker", str(cfg.pipeline.ranker_features))
+    retrieval = _features_one(state, "retrieval", str(cfg.pipeline.retrieval_features))
+    return combined("features", ranker, retrieval)
+
+
+def _train_one(state: PipelineState, role: str, model: str, overrides: list[str]) -> StageRecord:
+    from recsys.provenance import record_run
+    from recsys.train.run import check_train_config, run_training
+
+    stage_cfg = compose_stage("train", overrides)
+    check_train_config(stage_cfg)
+    out = state.path("runs", role)
+    features_key = state.keys[f"features_{role}"]
+    key = stage_key(settings_of(stage_cfg), features_key)
+
+    def run() -> StageRecord:
+        log.info(
+            "  %s: %s on %s ...",
+            role,
+            model,
+            f"Ray, {stage_cfg.backend.num_workers} workers"
+            if stage_cfg.backend.name == "ray"
+            else "the local backend",
+        )
+        with temp_dir_for(out) as tmp:
+            record_run(stage_cfg, tmp)
+            result = run_training(stage_cfg, tmp)
+        return StageRecord(
+            f"train_{role}",
+            0.0,
+            False,
+            f"{role} {model}: best {result['metric']} "
+            f"{_num(result['best'])} at epoch {result['best_epoch']}",
+            {"result": result, "run_dir": str(out), "model": model},
+        )
+
+    return run_or_reuse(state, f"train_{role}", key, [out / "result.json"], run)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def stage_train(state: PipelineState) -> StageRecord:
+    cfg = state.cfg
+    common = [
+        f"backend={state.choices['backend']}",
+        f"trainer={state.choices['trainer']}",
+        *as_overrides(cfg, "backend"),
+        *as_overrides(cfg, "trainer"),
+        f"seed={cfg.seed}",
+        f"precision={OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)['precision']}",
+    ]
+    ranker = _train_one(
+        state,
+        "ranker",
+        state.choices["model"],
+        [
+            f"model={state.choices['model']}",
+            f"data={quoted(state.path(str(cfg.pipeline.ranker_features)))}",
+            *common,
+            *as_overrides(cfg, "model"),
+            *cfg.pipeline.overrides.train_ranker,
+        ],
+    )
+    retrieval = _train_one(
+        state,
+        "retrieval",
+        str(cfg.pipeline.retrieval_model),
+        [
+            f"model={cfg.pipeline.retrieval_model}",
+            f"data={quoted(state.path(str(cfg.pipeline.retrieval_features)))}",
+            *common,
+            *cfg.pipeline.overrides.train_retrieval,
+        ],
+    )
+    return combined("train", ranker, retrieval)
+
+
+def stage_export(state: PipelineState) -> StageRecord:
+    from recsys.export import layout
+    from recsys.export.__main__ import settings_from_config
+    from recsys.export.writer import export_bundle
+
+    out = state.path("bundle")
+    stage_cfg = compose_stage(
+        "export",
+        [
+            f"ranker_run={quoted(state.path('runs', 'ranker'))}",
+            f"retrieval_run={quoted(state.path('runs', 'retrieval'))}",
+            f"out={quoted(out)}",
+            "overwrite=true",
+            *state.cfg.pipeline.overrides.export,
+        ],
+    )
+    key = stage_key(
+        settings_of(stage_cfg), state.keys["train_ranker"], state.keys["train_retrieval"]
+    )
+
+    def run() -> StageRecord:
+        manifest = export_bundle(settings_from_config(stage_cfg))
+        size = sum(f["bytes"] for f in manifest["files"].values())
+        index, recall = manifest["index"], manifest["index"]["recall"]
+        items = manifest["tables"]["retrieval"].get(layout.ITEMS, 0)
+        return StageRecord(
+            "export",
+            0.0,
+            False,
+            f"{index['type']} index of {items:,} items"
+            + (
+                f", recall@{recall['k']} vs exact {recall['recall']:.3f}"
+                if recall["recall"] is not None
+                else ""
+            )
+            + f", {size / 1e6:.1f} MB -> {out}",
+            {"bundle": str(out), "manifest": manifest},
+        )
+
+    return run_or_reuse(state, "export", key, [out / "manifest.json"], run)
+
+
+def stage_evaluate(state: PipelineState) -> StageRecord:
+    from recsys.evaluate import evaluate_bundle, settings_from_config
+
+    report_file = state.path(STAGE_DIR, "evaluation.json")
+    stage_cfg = compose_stage(
+        "evaluate",
+        [
+            f"bundle={quoted(state.path('bundle'))}",
+            f"data={quoted(state.path(str(state.cfg.pipeline.retrieval_features)))}",
+            f"out={quoted(report_file)}",
+            f"seed={state.cfg.seed}",
+            *state.cfg.pipeline.overrides.evaluate,
+        ],
+    )
+    key = stage_key(settings_of(stage_cfg), state.keys["export"])
+
+    def run() -> StageRecord:
+        report = evaluate_bundle(settings_from_config(stage_cfg))
+        k = max(report["k"])
+        metrics = report["metrics"]
+        return StageRecord(
+            "evaluate",
+            0.0,
+            False,
+            f"recall@{k}: recall+rank {metrics['rank'][f'recall@{k}']:.4f}, "
+            f"retrieval {metrics['retrieval'][f'recall@{k}']:.4f}, "
+            f"popularity {metrics['popularity'][f'recall@{k}']:.4f} "
+            f"({report['users']:,} users)",
+            {"report": report},
+        )
+
+    return run_or_reuse(state, "evaluate", key, [report_file], run)
+
+
+def smoke_users(state: PipelineState, n: int) -> list[str]:
+    """The `n` most active users of the raw training data (surely known to the bundle)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    users = pq.read_table(state.path("recsys2021", "train"), columns=["enaging_user_id"])
+    counts = pc.value_counts(users["enaging_user_id"]).to_pylist()
+    counts.sort(key=lambda c: (-c["counts"], c["values"]))
+    return [c["values"] for c in counts[:n]]
+
+
+def stage_serve(state: PipelineState) -> StageRecord:
+    from serving.client import RecommenderClient
+    from serving.server import start_background
+
+    smoke = state.cfg.pipeline.smoke
+    stage_cfg = compose_stage(
+        "serve",
+        [
+            f"bundle={quoted(state.path('bundle'))}",
+            "port=0",
+            *state.cfg.pipeline.overrides.serve,
+        ],
+    )
+    t = time.perf_counter()
+    users = [*smoke_users(state, int(smoke.users)), str(smoke.unknown_user)]
+    answers = []
+    with start_background(stage_cfg) as server:
+        started = time.perf_counter() - t
+        target = f"127.0.0.1:{server.port}"
+        log.info("  server up on %s in %.1f s", target, started)
+        with RecommenderClient(target) as client:
+            for user in users:
+                result = client.recommend(user, k=int(smoke.k))
+                answers.append(
+                    {
+                        "user": user,
+                        "items": list(result.items),
+                        "scores": [round(float(s), 4) for s in result.scores],
+                        "fallback": bool(result.fallback),
+                        "model_version": result.model_version,
+                        "ms": round(float(result.elapsed_ms), 2),
+                    }
+                )
+    for answer in answers:
+        log.info(format_answer(answer))
+    latencies = sorted(a["ms"] for a in answers)
+    return StageRecord(
+        "serve",
+        round(time.perf_counter() - t, 1),
+        False,
+        f"{len(answers)} Recommend calls on {target}, "
+        f"latency {latencies[0]:.1f}-{latencies[-1]:.1f} ms",
+        {"target": target, "answers": answers, "startup_seconds": round(started, 2)},
+    )
+
+
+def format_answer(answer: dict[str, Any]) -> str:
+    shown = ", ".join(
+        f"{item[:8]}.. {score:.3f}"
+        for item, score in zip(answer["items"][:5], answer["scores"][:5], strict=True)
+    )
+    more = f" (+{len(answer['items']) - 5} more)" if len(answer["items"]) > 5 else ""
+    flag = " [popularity fallback]" if answer["fallback"] else ""
+    return f"  user {answer['user'][:12]}..{flag} ({answer['ms']:.1f} ms): {shown}{more}"
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[PipelineState], StageRecord]] = {
+    "generate": stage_generate,
+    "features": stage_features,
+    "train": stage_train,
+    "export": stage_export,
+    "evaluate": stage_evaluate,
+    "serve": stage_serve,
+}
+
+
+# ------------------------------------------------------------------ the job
+
+
+def check_pipeline(cfg: DictConfig) -> None:
+    stages = list(cfg.pipeline.stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise PipelineError(
+            f"pipeline.stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})"
+        )
+    if cfg.pipeline.rows < 1000:
+        raise PipelineError(f"pipeline.rows must be at least 1000, got {cfg.pipeline.rows}")
+    if cfg.pipeline.smoke.k < 1:
+        raise PipelineError(f"pipeline.smoke.k must be >= 1, got {cfg.pipeline.smoke.k}")
+
+
+def _state(cfg: DictConfig) -> PipelineState:
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    choices = {g: str(hc.runtime.choices[g]) for g in ("model", "backend", "trainer")}
+    return PipelineState(
+        cfg=cfg,
+        work_dir=Path(cfg.pipeline.work_dir),
+        run_dir=Path(hc.runtime.output_dir),
+        choices=choices,
+        user_overrides=list(hc.overrides.task),
+    )
+
+
+def _key_only(state: PipelineState, name: str) -> None:
+    """Fill in a skipped stage's keys from its marker so later stages can be reused."""
+    names = {
+        "generate": ["generate"],
+        "features": ["features_ranker", "features_retrieval"],
+        "train": ["train_ranker", "train_retrieval"],
+        "export": ["export"],
+    }.get(name, [])
+    for marker_name in names:
+        marker = marker_path(state, marker_name)
+        if marker.is_file():
+            state.keys[marker_name] = json.loads(marker.read_text())["key"]
+
+
+CONSOLE_LOGGERS = (
+    "recsys.pipeline",
+    "recsys.run_report",
+    "recsys.train.run",
+    "recsys.train.loop",
+    "__main__",
+)
+
+
+class ConsoleFilter(logging.Filter):
+    """The console shows the pipeline's own lines, training progress and any warning; every
+    stage's detail still goes to the run's log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or record.name.startswith(CONSOLE_LOGGERS)
+
+
+def quiet_console() -> None:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(
+            handler, logging.FileHandler
+        ):
+            handler.addFilter(ConsoleFilter())
+
+
+def run_pipeline(cfg: DictConfig) -> dict[str, StageRecord]:
+    from recsys.run_report import write_report
+
     t0 = time.perf_counter()
-    summary = stage_generate(cfg)
-    log.info(format_summary(summary))
-    log.info("pipeline finished in %.1f s", time.perf_counter() - t0)
-    return {"generate": summary}
+    quiet_console()
+    state = _state(cfg)
+    wanted = list(cfg.pipeline.stages)
+    log.info(
+        "pipeline: %s on %s rows -> %s (run directory %s)",
+        " -> ".join(wanted),
+        f"{cfg.pipeline.rows:,}",
+        state.work_dir,
+        state.run_dir,
+    )
+    try:
+        for name in STAGES:
+            if name not in wanted:
+                _key_only(state, name)
+                continue
+            step = f"[{wanted.index(name) + 1}/{len(wanted)}] {name}"
+            log.info("%s ...", step)
+            t = time.perf_counter()
+            record = STAGE_FUNCTIONS[name](state)
+            if name == "generate":
+                mark_done(state, "generate", state.keys["generate"], record)
+            state.records[name] = record
+            took = "reused" if record.reused else f"{time.perf_counter() - t:.1f} s"
+            log.info("%s done (%s): %s", step, took, record.line)
+    finally:
+        if state.spark is not None:
+            state.spark.stop()
+    total = time.perf_counter() - t0
+    report = write_report(state, total)
+    log.info("pipeline finished in %.1f s; report: %s", total, report)
+    return state.records
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pipeline")
 def main(cfg: DictConfig) -> None:
-    run_task(run_pipeline, cfg)
+    run_task(run_pipeline, cfg, check=check_pipeline)
 
 
 if __name__ == "__main__":

@@ -35,15 +35,16 @@ from recsys.data.generator import swap_in
 from recsys.features.columns import FeatureError, MissingColumnError
 from recsys.features.pipeline import FeaturePipeline
 from recsys.features.source import (
+    PartInfo,
     find_parts,
-    input_bytes,
+    inspect_part,
     read_part,
     require_rows,
     spark_errors,
 )
-from recsys.features.spark import build_spark, set_shuffle_partitions
+from recsys.features.spark import build_spark, set_shuffle_partitions, stop_spark
 from recsys.features.split import check_fractions, split_frame
-from recsys.features.tables import entity_tables
+from recsys.features.tables import TABLE_COLUMN, finish_table, latest_rows, table_specs
 from recsys.provenance import write_json_atomic
 
 if TYPE_CHECKING:
@@ -101,16 +102,16 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
     t0 = time.perf_counter()
     check_preprocess(cfg)
     pipeline = build_pipeline(cfg)
+    inputs = inspect_inputs(cfg, pipeline)  # bad input fails here, before Spark starts
     own_spark = spark is None
     if own_spark:
         spark = build_spark(_container(cfg.spark))
     stages = {"spark_start": round(time.perf_counter() - t0, 2)}
     out = Path(cfg.out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    cached: list[DataFrame] = []
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        summary = _run(cfg, spark, pipeline, tmp, cached, stages)
+        summary = _run(cfg, spark, pipeline, inputs, tmp, stages)
         summary.seconds = round(time.perf_counter() - t0, 2)
         summary.out = str(out)
         write_json_atomic(tmp / SUMMARY_FILE, asdict(summary))
@@ -119,65 +120,75 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        for df in cached:
-            df.unpersist()
         if own_spark:
-            spark.stop()
+            stop_spark(spark)
     log.info(format_summary(summary))
     return summary
+
+
+@dataclass
+class Inputs:
+    """The parts of the input and what is known of them before Spark starts."""
+
+    parts: dict[str, PartInfo | None]  # train / valid / test (None: split off train)
+    needed: list[str]  # raw columns to read
+    time_column: str | None
+
+
+def inspect_inputs(cfg: DictConfig, pipeline: FeaturePipeline) -> Inputs:
+    dataset = _container(cfg.dataset)
+    time_column = cfg.split.time_column or dataset.get("time_column")
+    needed = list(dict.fromkeys([*pipeline.raw_columns, *([time_column] if time_column else [])]))
+    found = find_parts(str(cfg.data))
+    parts = {
+        name: inspect_part(path, dataset, needed) if path is not None else None
+        for name, path in ((n, getattr(found, n)) for n in SPLITS)
+    }
+    return Inputs(parts, needed, time_column)
 
 
 def _run(
     cfg: DictConfig,
     spark: SparkSession,
     pipeline: FeaturePipeline,
+    inputs: Inputs,
     tmp: Path,
-    cached: list[DataFrame],
     stages: dict[str, float],
 ) -> PreprocessSummary:
     t = time.perf_counter()
     dataset = _container(cfg.dataset)
     data = str(cfg.data)
-    time_column = cfg.split.time_column or dataset.get("time_column")
+    time_column = inputs.time_column
     keep = [time_column] if time_column else []
-    needed = list(dict.fromkeys([*pipeline.raw_columns, *keep]))
-    parts = find_parts(data)
     fmt = dataset.get("format", "parquet")
-    partitions = set_shuffle_partitions(
-        spark, input_bytes(parts.train, fmt), cfg.spark.shuffle_partitions
-    )
+    train_part = inputs.parts["train"]
+    partitions = set_shuffle_partitions(spark, train_part.bytes, cfg.spark.shuffle_partitions)
 
     frames: dict[str, DataFrame | None] = {}
-    train_rows = None
-    for name in SPLITS:
-        path = getattr(parts, name)
-        if path is None:
+    for name, part in inputs.parts.items():
+        if part is None:
             frames[name] = None
             continue
-        df, known_rows = read_part(spark, path, dataset)
-        if name == "train":
-            train_rows = known_rows
-        missing = [c for c in needed if c not in df.columns]
+        df = read_part(spark, part.path, dataset)
+        missing = [c for c in inputs.needed if c not in df.columns]
         if missing:
             raise MissingColumnError(
-                f"input {path}: missing column{'s' if len(missing) > 1 else ''} "
+                f"input {part.path}: missing column{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(repr(c) for c in missing)}"
             )
-        frames[name] = df.select(*needed)
+        frames[name] = df.select(*inputs.needed)
     train = frames["train"]
-    require_rows(train, parts.train, "train", train_rows)
+    require_rows(train, train_part.path, "train", train_part.rows)
     split = cfg.split
     if frames["valid"] is None or frames["test"] is None:
         valid_fraction = split.valid_fraction if frames["valid"] is None else 0.0
         test_fraction = split.test_fraction if frames["test"] is None else 0.0
-        with spark_errors(f"input {parts.train}"):
+        with spark_errors(f"input {train_part.path}"):
             train, valid, test = split_frame(
                 train, split.method, valid_fraction, test_fraction, cfg.seed, time_column
             )
         frames["valid"] = frames["valid"] if frames["valid"] is not None else valid
         frames["test"] = frames["test"] if frames["test"] is not None else test
-    train = train.persist()
-    cached.append(train)
     frames["train"] = train
     log.info("reading %s (%s); fitting features=%s on train", data, fmt, pipeline.name)
 
@@ -186,7 +197,7 @@ def _run(
         stages["fit"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
         processed = _transform_splits(pipeline, frames, keep)
-        staging = tmp / "_staging"
+        staging = tmp / "staging"  # not "_staging": Spark skips paths starting with _
         processed.write.partitionBy(SPLIT_COLUMN).parquet(str(staging))
         features = list(pipeline.outputs)
         rows = {name: _finish_split(staging, tmp / name, features) for name in SPLITS}
@@ -199,13 +210,16 @@ def _run(
         spec = pipeline.feature_spec(vocabulary_dir=f"{PIPELINE_DIR}/vocabularies")
         spec.save(tmp)
         table_rows = {}
-        if cfg.tables:
+        tables = table_specs(pipeline, spec) if cfg.tables else []
+        if tables:
             written = spark.read.parquet(str(staging))
-            tables = entity_tables([written], pipeline, spec, time_column)
-            for directory, table in tables.items():
-                table.write.parquet(str(tmp / directory))
-                _tidy(tmp / directory)
-                table_rows[directory] = parquet_rows(tmp / directory)
+            latest_rows(written, tables, time_column).write.partitionBy(TABLE_COLUMN).parquet(
+                str(tmp / "_tables")
+            )
+            for table in tables:
+                rows_written = finish_table(tmp / "_tables", tmp / table.directory, table)
+                table_rows[table.directory] = rows_written
+            shutil.rmtree(tmp / "_tables")
         shutil.rmtree(staging)
         stages["tables"] = round(time.perf_counter() - t, 2)
     return PreprocessSummary(
@@ -258,17 +272,6 @@ def _finish_split(staging: Path, target: Path, features: list[str]) -> int:
         empty = schema.empty_table().select(features)
         pq.write_table(empty, target / "part-00000.parquet")
     return rows
-
-
-def _tidy(directory: Path) -> None:
-    """Drop the local file system's .crc checksum files beside Spark's output."""
-    for crc in directory.glob(".*.crc"):
-        crc.unlink()
-
-
-def parquet_rows(directory: Path) -> int:
-    """Rows of the parquet files in `directory`, from their footers."""
-    return sum(pq.read_metadata(f).num_rows for f in sorted(directory.glob("*.parquet")))
 
 
 def format_summary(summary: PreprocessSummary) -> str:

@@ -161,6 +161,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, help="a processed recsys2021_wnd directory")
     parser.add_argument("--cache", type=Path, default=REPO / "outputs" / "bench_cache")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument(
+        "--bf16-steps",
+        type=int,
+        default=12,
+        help="steps per bf16 measurement (bf16 is 10-30x slower on CPUs without AMX)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     register_configs()
@@ -171,9 +178,10 @@ def main() -> None:
 
     for name in args.models:
         overrides = MODELS[name]
-        for precision in ("fp32", "bf16"):
+        for precision in args.precisions:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            bare, model = bare_loop(data, overrides, args.batch, args.steps, precision)
+            steps = args.bf16_steps if precision == "bf16" else args.steps
+            bare, model = bare_loop(data, overrides, args.batch, steps, precision)
             flops, shapes = mlp_flops_per_sample(model)
             rate = matmul_rate(shapes, args.batch, dtype)
             ceiling = rate / flops
@@ -201,7 +209,7 @@ def main() -> None:
                         overrides,
                         backend,
                         args.batch,
-                        args.steps,
+                        steps,
                         precision,
                         Path(tmp) / "run",
                     )

@@ -116,6 +116,8 @@ class FeaturesConfig:
     label: str | None = None
     user_id: str | None = None
     item_id: str | None = None
+    # free-form knobs for steps to interpolate (${features.params.<name>}) in your own configs
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -280,6 +282,8 @@ class SparkConfig:
     app_name: str = "recsys-preprocess"
     driver_memory: str = "4g"
     jvm_options: str = ""
+    class_cache: bool = False
+    class_cache_dir: str | None = None
     shuffle_partitions: int | None = None
     log_level: str = "WARN"
     conf: dict[str, str] = field(default_factory=dict)
@@ -362,18 +366,98 @@ class EvaluateConfig:
 
 
 @dataclass
+class ServeTlsConfig:
+    """Server TLS (PEM files); all null = plaintext. `client_ca` set = client certificates
+    are required and checked against it."""
+
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+
+@dataclass
+class ServeRemoteConfig:
+    """Targets (host:port) of services the recommender calls over gRPC; null = in-process."""
+
+    recall: str | None = None
+    ranking: str | None = None
+    feature: str | None = None
+
+
+@dataclass
 class ServeConfig:
+    """`python -m serving.server` (conf/serve.yaml describes every key; docs/serving.md)."""
+
     task_name: str = "serve"
     bundle: str = "bundles/demo"
     host: str = "127.0.0.1"
     port: int = 50051
+    services: list[str] = field(
+        default_factory=lambda: ["recommender", "recall", "ranking", "feature", "admin"]
+    )
+    ports: dict[str, int] = field(default_factory=dict)
+    remote: ServeRemoteConfig = field(default_factory=ServeRemoteConfig)
+    feature_store: str = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "recsys"
+    max_k: int = 100
+    candidate_count: int = 200
+    max_candidates: int = 1000
+    deadline_ms: int = 1000
+    max_concurrent: int = 64
+    max_message_bytes: int = 4 * 1024 * 1024
+    workers: int = 2
+    torch_threads: int | None = None
+    faiss_threads: int = 1
+    max_rank_batch: int = 8192
+    warmup_requests: int = 3
+    grace_seconds: float = 5.0
+    metrics_port: int | None = 9464
+    tls: ServeTlsConfig = field(default_factory=ServeTlsConfig)
     paths: Any = MISSING
+
+
+@dataclass
+class PipelineOverrides:
+    """Extra Hydra overrides per stage, e.g. {export: ["index.type=flat"]}."""
+
+    preprocess: list[str] = field(default_factory=lambda: ["spark.log_level=ERROR"])
+    train_ranker: list[str] = field(default_factory=list)
+    train_retrieval: list[str] = field(default_factory=list)
+    export: list[str] = field(default_factory=list)
+    evaluate: list[str] = field(default_factory=list)
+    serve: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SmokeConfig:
+    """The Recommend requests the pipeline sends to its live server."""
+
+    users: int = 3
+    k: int = 10
+    unknown_user: str = "unknown-user"
 
 
 @dataclass
 class PipelineStages:
     rows: int = 100_000
     work_dir: str = "${paths.data_dir}/demo"
+    ranker_features: str = "recsys2021_wnd"
+    retrieval_features: str = "recsys2021_two_tower"
+    retrieval_model: str = "two_tower"
+    # stages to run, in this order; a later stage needs the earlier ones' outputs
+    stages: list[str] = field(
+        default_factory=lambda: [
+            "generate",
+            "features",
+            "train",
+            "export",
+            "evaluate",
+            "serve",
+        ]
+    )
+    overrides: PipelineOverrides = field(default_factory=PipelineOverrides)
+    smoke: SmokeConfig = field(default_factory=SmokeConfig)
 
 
 @dataclass
@@ -381,8 +465,12 @@ class PipelineConfig:
     task_name: str = "pipeline"
     seed: int = 0
     resume: bool = True
+    precision: Precision = Precision.fp32
     pipeline: PipelineStages = field(default_factory=PipelineStages)
     dataset: Any = MISSING
+    model: Any = MISSING
+    backend: Any = MISSING
+    trainer: Any = MISSING
     paths: Any = MISSING
 
 
@@ -401,6 +489,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="base_recsys2021", node=RecSys2021Config)
     cs.store(group="dataset", name="base_criteo", node=CriteoConfig)
     cs.store(group="dataset", name="base_table", node=TableDatasetConfig)
+    cs.store(group="features", name="base_features", node=FeaturesConfig)
     cs.store(group="features", name="base_recsys2021_wnd", node=RecSys2021WndFeaturesConfig)
     cs.store(
         group="features", name="base_recsys2021_two_tower", node=RecSys2021TwoTowerFeaturesConfig

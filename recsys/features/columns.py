@@ -24,9 +24,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from recsys.errors import RecsysError
+from recsys.features.sql import ident, literal
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame
+    from pyspark.sql import DataFrame
     from pyspark.sql.types import DataType
 
 LOGICAL_TYPES: tuple[str, ...] = ("string", "int64", "float64", "bool")
@@ -119,6 +120,12 @@ def _check_accepted(column: str, logical: str, kind: str, shown: str) -> None:
         )
 
 
+def check_arrow_type(column: str, logical: str | None, t: pa.DataType) -> None:
+    """Refuse a stored Arrow type that cannot be read as the declared logical type."""
+    if logical is not None:
+        _check_accepted(column, logical, arrow_kind(t), str(t))
+
+
 def require_columns(present: Iterable[str], needed: Iterable[str], where: str) -> None:
     present = set(present)
     missing = [c for c in needed if c not in present]
@@ -134,60 +141,50 @@ def require_columns(present: Iterable[str], needed: Iterable[str], where: str) -
 
 def coerce_spark(df: DataFrame, declared: Mapping[str, str], where: str) -> DataFrame:
     """Select the declared columns of `df` with their logical types (lazy; bad values raise)."""
-    from pyspark.sql import functions as F
-
     require_columns(df.columns, declared, where)
     types = {f.name: f.dataType for f in df.schema.fields}
-    out = []
+    exprs = []
     for name, logical in declared.items():
         kind = spark_kind(types[name])
         _check_accepted(name, logical, kind, types[name].simpleString())
-        out.append(_coerce_spark_column(F.col(f"`{name}`"), name, logical, kind).alias(name))
-    return df.select(*out)
+        exprs.append(f"{coerce_sql(name, logical, kind)} AS {ident(name)}")
+    return df.selectExpr(*exprs)
 
 
-def _coerce_spark_column(col: Column, name: str, logical: str, kind: str) -> Column:
-    from pyspark.sql import functions as F
-
-    target = SPARK_TYPES[logical]
+def coerce_sql(name: str, logical: str, kind: str) -> str:
+    """One declared column read as its logical type, as Spark SQL text."""
+    c = ident(name)
     if logical == "bool" and kind == "string":
-        low = F.lower(col)
-        bad = F.concat(F.lit(f"column '{name}': value '"), col, F.lit("' is not true or false"))
+        bad = f"raise_error(concat({literal(f'column {name!r}: value ' + chr(39))}, {c}, "
+        bad += f"{literal(chr(39) + ' is not true or false')}))"
         return (
-            F.when(col.isNull(), F.lit(None).cast("boolean"))
-            .when(low == "true", F.lit(True))
-            .when(low == "false", F.lit(False))
-            .otherwise(F.raise_error(bad).cast("boolean"))
+            f"CASE WHEN {c} IS NULL THEN CAST(NULL AS BOOLEAN) WHEN lower({c}) = 'true' "
+            f"THEN true WHEN lower({c}) = 'false' THEN false ELSE CAST({bad} AS BOOLEAN) END"
         )
     if logical == "bool" and kind == "integer":
-        bad = F.concat(
-            F.lit(f"column '{name}': value "), col.cast("string"), F.lit(" is not 0 or 1")
-        )
+        bad = f"raise_error(concat({literal(f'column {name!r}: value ')}, CAST({c} AS STRING), "
+        bad += f"{literal(' is not 0 or 1')}))"
         return (
-            F.when(col.isNull(), F.lit(None).cast("boolean"))
-            .when(col == 1, F.lit(True))
-            .when(col == 0, F.lit(False))
-            .otherwise(F.raise_error(bad).cast("boolean"))
+            f"CASE WHEN {c} IS NULL THEN CAST(NULL AS BOOLEAN) WHEN {c} = 1 THEN true "
+            f"WHEN {c} = 0 THEN false ELSE CAST({bad} AS BOOLEAN) END"
         )
     if logical == "int64" and kind == "float":
-        return spark_float_to_int64(col)
-    return col.cast(target)
+        return float_to_int64_sql(c)
+    return f"CAST({c} AS {SPARK_TYPES[logical].upper()})"
 
 
 INT64_LIMIT = 2.0**63
 
 
-def spark_float_to_int64(col: Column) -> Column:
-    """Truncate toward zero; NaN and values outside the int64 range are null."""
-    from pyspark.sql import functions as F
-
-    x = col.cast("double")
-    bad = F.isnan(x) | (x >= F.lit(INT64_LIMIT)) | (x < F.lit(-INT64_LIMIT))
-    return F.when(bad, F.lit(None).cast("bigint")).otherwise(x.cast("bigint"))
+def float_to_int64_sql(x: str) -> str:
+    """Truncate toward zero; NaN and values outside the int64 range are null (SQL text)."""
+    x = f"CAST({x} AS DOUBLE)"
+    bad = f"isnan({x}) OR {x} >= {literal(INT64_LIMIT)} OR {x} < {literal(-INT64_LIMIT)}"
+    return f"CASE WHEN {bad} THEN CAST(NULL AS BIGINT) ELSE CAST({x} AS BIGINT) END"
 
 
 def arrow_float_to_int64(values: pa.Array) -> pa.Array:
-    """Arrow twin of `spark_float_to_int64`."""
+    """Arrow twin of `float_to_int64_sql`."""
     x = values.cast(pa.float64())
     bad = pc.or_(pc.is_nan(x), pc.or_(pc.greater_equal(x, INT64_LIMIT), pc.less(x, -INT64_LIMIT)))
     kept = pc.if_else(bad.fill_null(False), pa.scalar(None, pa.float64()), x)

@@ -16,7 +16,7 @@ is not a multiple of 4, so neither will do. The choice:
 - **Bucket**: a value goes to `1 + pmod(h, buckets - 1)`, so indices lie in `[1, buckets)`
   and index 0 stays free for "missing" (a null or empty value), as DESIGN.md's encoding asks.
 
-Offline, Spark computes it natively (`spark_hash_bucket`); online, `hash_bucket` computes it
+Offline, Spark computes it natively (`hash_bucket_sql`); online, `hash_bucket` computes it
 with vectorised numpy (no per-row Python), below.
 """
 
@@ -191,14 +191,15 @@ def spark_is_missing(column: Column, is_string: bool) -> Column:
     return (column.isNull() | (column == F.lit(""))) if is_string else column.isNull()
 
 
-def spark_hash_bucket(columns: Sequence[Column], string_flags: Sequence[bool], buckets: int):
-    """Spark twin of `hash_bucket` (native `xxhash64`, no Python in the loop)."""
-    from pyspark.sql import functions as F
+def hash_bucket_sql(columns: Sequence[str], string_flags: Sequence[bool], buckets: int) -> str:
+    """Spark SQL twin of `hash_bucket` (native `xxhash64`, no Python in the loop)."""
+    from recsys.features.sql import ident
+    from recsys.features.sql import missing as sql_missing
 
     check_buckets(buckets)
-    as_strings = [c.cast("string") for c in columns]
-    index = F.pmod(F.xxhash64(*as_strings), F.lit(buckets - 1)) + F.lit(1)
-    missing = F.lit(False)
-    for column, is_string in zip(columns, string_flags, strict=True):
-        missing = missing | spark_is_missing(column, is_string)
-    return F.when(missing, F.lit(0).cast("long")).otherwise(index.cast("long"))
+    strings = ", ".join(f"CAST({ident(c)} AS STRING)" for c in columns)
+    missing = " OR ".join(
+        sql_missing(c, flag) for c, flag in zip(columns, string_flags, strict=True)
+    )
+    index = f"pmod(xxhash64({strings}), {buckets - 1}L) + 1L"
+    return f"CASE WHEN {missing} THEN 0L ELSE {index} END"

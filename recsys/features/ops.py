@@ -35,18 +35,20 @@ from recsys.features.columns import (
     arrow_float_to_int64,
     arrow_kind,
     as_numpy,
+    float_to_int64_sql,
     require_columns,
-    spark_float_to_int64,
     spark_kind,
 )
 from recsys.features.hashing import (
     check_buckets,
     hash_bucket,
+    hash_bucket_sql,
     is_missing,
-    spark_hash_bucket,
     spark_is_missing,
     string_form,
 )
+from recsys.features.sql import ident, literal
+from recsys.features.sql import missing as sql_missing
 from recsys.features.vocabulary import FIRST_KNOWN, MISSING, UNKNOWN, Vocabulary
 
 if TYPE_CHECKING:
@@ -193,13 +195,19 @@ class Op:
         exprs = {o: self.spark_expr(c) for c, o in zip(self.columns, self.out, strict=True)}
         return df.withColumns(exprs)
 
+    def spark_sql(self, column: str) -> str:
+        """The output for one input column as Spark SQL text (see sql.py for why text)."""
+        raise NotImplementedError
+
     def _transform_arrow(self, table: pa.Table) -> pa.Table:
         for column, out in zip(self.columns, self.out, strict=True):
             table = set_column(table, out, self.arrow_expr(column, table[column]))
         return table
 
     def spark_expr(self, column: str) -> Column:
-        raise NotImplementedError
+        from pyspark.sql import functions as F
+
+        return F.expr(self.spark_sql(column))
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         raise NotImplementedError
@@ -235,6 +243,18 @@ def set_column(table: pa.Table, name: str, values: pa.Array | np.ndarray) -> pa.
     if i >= 0:
         return table.set_column(i, name, values)
     return table.append_column(name, values)
+
+
+def case_index_sql(column: str, is_string: bool, values: list[str]) -> str:
+    """Index by a CASE WHEN over a short list of known values (no join): 0, 1 or 2 + position."""
+    value = f"CAST({ident(column)} AS STRING)"
+    whens = " ".join(
+        f"WHEN {value} = {literal(v)} THEN {FIRST_KNOWN + i}" for i, v in enumerate(values)
+    )
+    return (
+        f"CAST(CASE WHEN {sql_missing(column, is_string)} THEN {MISSING} {whens} "
+        f"ELSE {UNKNOWN} END AS BIGINT)"
+    )
 
 
 def _regex_literal(sep: str) -> str:
@@ -276,10 +296,8 @@ class Fill(Op):
                 f"step {self.name!r} (fill): value {value!r} does not fit {kind} column {column!r}"
             )
 
-    def spark_expr(self, column: str) -> Column:
-        from pyspark.sql import functions as F
-
-        return F.coalesce(F.col(column), F.lit(self.params.value))
+    def spark_sql(self, column: str) -> str:
+        return f"coalesce({ident(column)}, {literal(self.params.value)})"
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         t = values.type
@@ -315,14 +333,10 @@ class Cast(Op):
     def allowed_kinds(self) -> tuple[str, ...]:
         return CAST_FROM[self.params.to]
 
-    def spark_expr(self, column: str) -> Column:
-        from pyspark.sql import functions as F
-
-        col = F.col(column)
-        target = CAST_TARGETS[self.params.to]
+    def spark_sql(self, column: str) -> str:
         if self.params.to == "int64" and self.input_kinds[column] == "float":
-            return spark_float_to_int64(col)
-        return col.cast(target)
+            return float_to_int64_sql(ident(column))
+        return f"CAST({ident(column)} AS {CAST_TARGETS[self.params.to].upper()})"
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         values = values.combine_chunks()
@@ -362,12 +376,10 @@ class TruncateList(Op):
     Params = TruncateListParams
     accepts = ("string",)
 
-    def spark_expr(self, column: str) -> Column:
-        from pyspark.sql import functions as F
-
+    def spark_sql(self, column: str) -> str:
         p = self.params
-        parts = F.split(F.col(column), _regex_literal(p.sep), -1)
-        return F.array_join(F.slice(parts, 1, p.keep), p.join)
+        parts = f"split({ident(column)}, {literal(_regex_literal(p.sep))}, -1)"
+        return f"array_join(slice({parts}, 1, {int(p.keep)}), {literal(p.join)})"
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         p = self.params
@@ -393,13 +405,10 @@ class ListLength(Op):
     accepts = ("string",)
     default_suffix = "_len"
 
-    def spark_expr(self, column: str) -> Column:
-        from pyspark.sql import functions as F
-
-        col, sep = F.col(column), self.params.sep
-        separators = (F.length(col) - F.length(F.replace(col, F.lit(sep), F.lit("")))) / len(sep)
-        n = (separators + 1).cast("bigint")
-        return F.when(col.isNull() | (col == ""), F.lit(0).cast("bigint")).otherwise(n)
+    def spark_sql(self, column: str) -> str:
+        c, sep = ident(column), self.params.sep
+        separators = f"(length({c}) - length(replace({c}, {literal(sep)}, ''))) DIV {len(sep)}"
+        return f"CASE WHEN {sql_missing(column, True)} THEN 0L ELSE {separators} + 1L END"
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         values = values.combine_chunks().cast(pa.string())
@@ -432,15 +441,9 @@ class MapValues(Op):
     Params = MapParams
     accepts = CATEGORICAL_INPUTS
 
-    def spark_expr(self, column: str) -> Column:
-        from pyspark.sql import functions as F
-
-        col = F.col(column)
-        as_string = col.cast("string")
-        expr = F.when(spark_is_missing(col, self._is_string(column)), F.lit(MISSING))
-        for i, value in enumerate(self.params.values):
-            expr = expr.when(as_string == F.lit(str(value)), F.lit(FIRST_KNOWN + i))
-        return expr.otherwise(F.lit(UNKNOWN)).cast("bigint")
+    def spark_sql(self, column: str) -> str:
+        values = [str(v) for v in self.params.values]
+        return case_index_sql(column, self._is_string(column), values)
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         vocab = Vocabulary(pa.array([str(v) for v in self.params.values]), np.zeros(0))
@@ -609,21 +612,24 @@ class CategoryEncode(Aggregated, Op):
             }
             return df.withColumns(udfs)
         spark = df.sparkSession
+        small = {}
         for column, out in zip(self.columns, self.out, strict=True):
             vocab = self.vocab_for(column)
+            if len(vocab) <= CASE_MAX_VALUES:  # a few values: an expression, not a join
+                values = vocab.values.to_pylist()
+                small[out] = F.expr(case_index_sql(column, self._is_string(column), values))
+                continue
             v_col, i_col = f"__{self.name}_{out}_value", f"__{self.name}_{out}_index"
             table = vocab.spark_frame(spark, v_col, i_col)
             if len(vocab) <= BROADCAST_MAX_VALUES:
                 table = F.broadcast(table)
-            col = F.col(column)
-            df = df.join(table, col.cast("string") == F.col(v_col), "left")
+            df = df.join(table, F.col(column).cast("string") == F.col(v_col), "left")
             index = (
-                F.when(spark_is_missing(col, self._is_string(column)), F.lit(MISSING))
-                .otherwise(F.coalesce(F.col(i_col), F.lit(UNKNOWN)))
-                .cast("bigint")
+                f"CAST(CASE WHEN {sql_missing(column, self._is_string(column))} THEN {MISSING} "
+                f"ELSE coalesce({ident(i_col)}, {UNKNOWN}) END AS BIGINT)"
             )
-            df = df.withColumn(out, index).drop(v_col, i_col)
-        return df
+            df = df.withColumn(out, F.expr(index)).drop(v_col, i_col)
+        return df.withColumns(small) if small else df
 
     def _transform_arrow(self, table: pa.Table) -> pa.Table:
         p = self.params
@@ -671,6 +677,9 @@ class CategoryEncode(Aggregated, Op):
         )
 
 
+CASE_MAX_VALUES = 16
+"""Vocabularies up to this size are applied by a CASE WHEN expression instead of a join."""
+
 BROADCAST_MAX_VALUES = 2_000_000
 """Vocabularies up to this size are broadcast to every task for the join; bigger ones shuffle."""
 
@@ -706,10 +715,8 @@ class HashEncode(Op):
     Params = HashParams
     accepts = CATEGORICAL_INPUTS
 
-    def spark_expr(self, column: str) -> Column:
-        from pyspark.sql import functions as F
-
-        return spark_hash_bucket([F.col(column)], [self._is_string(column)], self.params.buckets)
+    def spark_sql(self, column: str) -> str:
+        return hash_bucket_sql([column], [self._is_string(column)], self.params.buckets)
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         return pa.array(hash_bucket([values], self.params.buckets), pa.int64())
@@ -751,9 +758,9 @@ class Cross(Op):
     def _transform(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
 
-        cols = [F.col(c) for c in self.columns]
         flags = [self._is_string(c) for c in self.columns]
-        return df.withColumn(self.out[0], spark_hash_bucket(cols, flags, self.params.buckets))
+        sql = hash_bucket_sql(self.columns, flags, self.params.buckets)
+        return df.withColumn(self.out[0], F.expr(sql))
 
     def _transform_arrow(self, table: pa.Table) -> pa.Table:
         index = hash_bucket([table[c] for c in self.columns], self.params.buckets)
@@ -805,15 +812,13 @@ class MinMaxScale(Aggregated, Op):
                 raise FeatureError(f"step {self.name!r} (minmax): column {c!r} has no values")
             self.stats[c] = {"min": float(lo), "max": float(hi)}
 
-    def spark_expr(self, column: str) -> Column:
-        from pyspark.sql import functions as F
-
+    def spark_sql(self, column: str) -> str:
         lo, hi = self.stats[column]["min"], self.stats[column]["max"]
-        x = F.col(column).cast("double")
-        scaled = (x - F.lit(lo)) / F.lit(hi - lo) if hi > lo else F.lit(0.0)
+        x = f"CAST({ident(column)} AS DOUBLE)"
+        scaled = f"(({x} - {literal(lo)}) / {literal(hi - lo)})" if hi > lo else "0.0D"
         if self.params.clip:
-            scaled = F.least(F.greatest(scaled, F.lit(0.0)), F.lit(1.0))
-        return F.when(x.isNull() | F.isnan(x), F.lit(0.0)).otherwise(scaled)
+            scaled = f"least(greatest({scaled}, 0.0D), 1.0D)"
+        return f"CASE WHEN {x} IS NULL OR isnan({x}) THEN 0.0D ELSE {scaled} END"
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         lo, hi = self.stats[column]["min"], self.stats[column]["max"]
@@ -894,14 +899,10 @@ class Bins(Op):
     Params = BinsParams
     accepts = NUMERIC_INPUTS
 
-    def spark_expr(self, column: str) -> Column:
-        from pyspark.sql import functions as F
-
-        x = F.col(column).cast("double")
-        index = F.lit(1)
-        for edge in self.params.edges:
-            index = index + (x >= F.lit(float(edge))).cast("bigint")
-        return F.when(x.isNull(), F.lit(MISSING)).otherwise(index).cast("bigint")
+    def spark_sql(self, column: str) -> str:
+        x = f"CAST({ident(column)} AS DOUBLE)"
+        steps = " + ".join(f"CAST({x} >= {literal(float(e))} AS BIGINT)" for e in self.params.edges)
+        return f"CASE WHEN {x} IS NULL THEN {MISSING}L ELSE 1L + {steps} END"
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
         x = values.combine_chunks().cast(pa.float64())
@@ -964,14 +965,12 @@ class CountEncode(Aggregated, Op):
             )
             if len(vocab) <= BROADCAST_MAX_VALUES:
                 table = F.broadcast(table)
-            col = F.col(column)
-            df = df.join(table, col.cast("string") == F.col(v_col), "left")
+            df = df.join(table, F.col(column).cast("string") == F.col(v_col), "left")
             value = (
-                F.when(spark_is_missing(col, self._is_string(column)), F.lit(0))
-                .otherwise(F.coalesce(F.col(c_col), F.lit(0)))
-                .cast("double")
+                f"CAST(CASE WHEN {sql_missing(column, self._is_string(column))} THEN 0 "
+                f"ELSE coalesce({ident(c_col)}, 0) END AS DOUBLE)"
             )
-            df = df.withColumn(out, value).drop(v_col, c_col)
+            df = df.withColumn(out, F.expr(value)).drop(v_col, c_col)
         return df
 
     def arrow_expr(self, column: str, values: pa.ChunkedArray) -> pa.Array:
@@ -1198,12 +1197,11 @@ class Label(Op):
     def _transform(self, df: DataFrame) -> DataFrame:
         from pyspark.sql import functions as F
 
-        t = float(self.params.threshold)
-        hits = [F.coalesce(F.col(c).cast("double") > t, F.lit(False)) for c in self.columns]
-        any_hit = hits[0]
-        for hit in hits[1:]:
-            any_hit = any_hit | hit
-        return df.withColumn(self.params.out, any_hit.cast("double"))
+        t = literal(float(self.params.threshold))
+        hits = " OR ".join(
+            f"coalesce(CAST({ident(c)} AS DOUBLE) > {t}, false)" for c in self.columns
+        )
+        return df.withColumn(self.params.out, F.expr(f"CAST(({hits}) AS DOUBLE)"))
 
     def _transform_arrow(self, table: pa.Table) -> pa.Table:
         hit = np.zeros(table.num_rows, dtype=bool)

@@ -40,6 +40,7 @@ from recsys.features.feature_spec import (
     FeatureSpec,
 )
 from recsys.features.ops import Aggregated, Op, aggregate, build_op, op_config
+from recsys.features.sql import ident
 from recsys.features.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
@@ -249,21 +250,17 @@ class FeaturePipeline:
         return columns
 
     def _select_spark(self, df: DataFrame, keep: Sequence[str]) -> DataFrame:
-        from pyspark.sql import functions as F
-
         exprs = []
         for name in self.outputs:
-            kind = self._kind(name)
-            col = F.col(name)
+            kind, c = self._kind(name), ident(name)
             if kind in ("continuous", "label"):
-                col = F.coalesce(col.cast("float"), F.lit(0.0).cast("float"))
+                exprs.append(f"coalesce(CAST({c} AS FLOAT), CAST(0 AS FLOAT)) AS {c}")
             elif kind == "multi_categorical":
-                col = col.cast("array<bigint>")
+                exprs.append(f"CAST({c} AS ARRAY<BIGINT>) AS {c}")
             else:
-                col = F.coalesce(col.cast("bigint"), F.lit(0).cast("bigint"))
-            exprs.append(col.alias(name))
-        exprs += [F.col(k) for k in keep if k not in self.outputs]
-        return df.select(*exprs)
+                exprs.append(f"coalesce(CAST({c} AS BIGINT), 0L) AS {c}")
+        exprs += [ident(k) for k in keep if k not in self.outputs]
+        return df.selectExpr(*exprs)
 
     # ------------------------------------------------------------------ online
 

@@ -120,8 +120,9 @@ class NegativeSample(Op):
         pick = _picker(ids, cdf, df.schema[p.item].dataType)
 
         rid = "__rid"
-        base = positives.withColumn(rid, F.monotonically_increasing_id()).persist()
-        self._cached = [base]
+        # row ids: recomputed identically wherever the plan uses them (same input, same
+        # partitioning); nothing is cached, so nothing stays behind in the session
+        base = positives.withColumn(rid, F.monotonically_increasing_id())
         known = positives.select(F.col(p.user), F.col(p.item).alias("__neg")).distinct()
         pending = base.select(rid, p.user)
         chosen = None
@@ -146,9 +147,7 @@ class NegativeSample(Op):
                 candidates.withColumn("__n", F.row_number().over(ranked))
                 .where(F.col("__n") <= p.k)
                 .drop("__n")
-                .persist()
             )
-            self._cached.append(chosen)
             full = chosen.groupBy(rid).count().where(F.col("count") >= p.k).select(rid)
             pending = base.select(rid, p.user).join(full, rid, "left_anti")
             if pending.isEmpty():

@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from recsys.features.columns import FeatureError, check_declared
+from recsys.features.columns import (
+    FeatureError,
+    check_arrow_type,
+    check_declared,
+    require_columns,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -80,24 +85,54 @@ def data_files(path: str, fmt: str) -> list[Path]:
     )
 
 
-def check_parquet_files(path: str) -> int:
-    """Read every parquet footer under a local `path`; return the row count; name a bad file."""
+@dataclass
+class PartInfo:
+    """What is known about one part before Spark reads it."""
+
+    path: str
+    rows: int | None  # from the parquet footers (local parquet), else unknown
+    bytes: int  # size on disk (0 when not local)
+
+
+def check_parquet_files(path: str, declared: Mapping[str, str], needed: list[str]) -> int:
+    """Read every parquet footer under a local `path`: readable, one schema, holding the
+    `needed` columns with types readable as declared. Returns the row count."""
     files = data_files(path, "parquet")
     if not files:
         raise FeatureError(f"input {path} holds no parquet files (empty input)")
     rows = 0
     for file in files:
         try:
-            rows += pq.read_metadata(file).num_rows
+            meta = pq.read_metadata(file)
         except (OSError, pa.ArrowException) as e:
             raise FeatureError(f"input file {file} is not a readable parquet file: {e}") from e
+        schema = meta.schema.to_arrow_schema()
+        where = f"input {path}" if len(files) == 1 else f"input file {file}"
+        require_columns(schema.names, needed, where)
+        for name in needed:
+            check_arrow_type(name, declared.get(name), schema.field(name).type)
+        rows += meta.num_rows
     return rows
 
 
-def input_bytes(path: str, fmt: str) -> int:
+def inspect_part(path: str, dataset: Mapping[str, Any], needed: list[str]) -> PartInfo:
+    """The checks that need no Spark, so that bad input fails before the JVM starts."""
+    fmt = dataset.get("format", "parquet")
+    if fmt not in FORMATS:
+        raise FeatureError(f"dataset.format {fmt!r} is not one of {', '.join(FORMATS)}")
+    declared = dict(dataset.get("columns") or {})
+    check_declared(declared)
     if not is_local(path):
-        return 0
-    return sum(f.stat().st_size for f in data_files(path, fmt))
+        return PartInfo(path, None, 0)
+    if fmt == "parquet":
+        rows = check_parquet_files(path, declared, needed)
+    else:
+        if not declared:
+            raise FeatureError("dataset.columns must declare the CSV columns in file order")
+        if not data_files(path, "csv"):
+            raise FeatureError(f"input {path} holds no files (empty input)")
+        rows = None
+    return PartInfo(path, rows, sum(f.stat().st_size for f in data_files(path, fmt)))
 
 
 def spark_schema(columns: Mapping[str, str]):
@@ -112,36 +147,19 @@ def spark_schema(columns: Mapping[str, str]):
     return T.StructType([T.StructField(name, types[t]) for name, t in columns.items()])
 
 
-def read_part(
-    spark: SparkSession, path: str, dataset: Mapping[str, Any]
-) -> tuple[DataFrame, int | None]:
-    """One part as a Spark DataFrame (lazy), and its row count when the footers tell it.
-
-    What can be checked up front is: the format, the declared columns, that there are
-    files, and (local parquet) that every footer reads.
-    """
-    fmt = dataset.get("format", "parquet")
-    if fmt not in FORMATS:
-        raise FeatureError(f"dataset.format {fmt!r} is not one of {', '.join(FORMATS)}")
-    columns = dict(dataset.get("columns") or {})
-    check_declared(columns)
+def read_part(spark: SparkSession, path: str, dataset: Mapping[str, Any]) -> DataFrame:
+    """One part as a Spark DataFrame (lazy; `inspect_part` has checked what it can)."""
     with spark_errors(f"input {path}"):
-        if fmt == "parquet":
-            rows = check_parquet_files(path) if is_local(path) else None
-            return spark.read.parquet(path), rows
-        if not columns:
-            raise FeatureError("dataset.columns must declare the CSV columns in file order")
-        if is_local(path) and not data_files(path, "csv"):
-            raise FeatureError(f"input {path} holds no files (empty input)")
-        df = spark.read.csv(
+        if dataset.get("format", "parquet") == "parquet":
+            return spark.read.parquet(path)
+        return spark.read.csv(
             path,
-            schema=spark_schema(columns),
+            schema=spark_schema(dict(dataset.get("columns") or {})),
             sep=dataset.get("sep", ","),
             header=bool(dataset.get("header", True)),
             enforceSchema=False,
             mode="FAILFAST",
         )
-        return df, None
 
 
 def require_rows(df: DataFrame, path: str, part: str, rows: int | None = None) -> None:

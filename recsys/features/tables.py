@@ -6,57 +6,88 @@ id it encodes (`<id>_raw`, when the id has a vocabulary), and every output featu
 entity. A user or item seen in several rows takes the values of its latest row by the
 dataset's time column (ties, or no time column: the largest values, so the choice is
 deterministic). Serving looks a request's raw id up here instead of recomputing features.
+
+Both tables come from one Spark job (`latest_rows`, written partitioned by table); the raw
+ids are then added from the vocabulary, which the driver holds anyway (`finish_table`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import reduce
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from recsys.features.feature_spec import FeatureSpec
 from recsys.features.ops import CategoryEncode
-from recsys.features.vocabulary import FIRST_KNOWN
+from recsys.features.vocabulary import FIRST_KNOWN, Vocabulary
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
     from recsys.features.pipeline import FeaturePipeline
 
-TABLES = {"user": "user_features", "item": "item_features"}
+TABLE_COLUMN = "__table"
 
 
-def entity_tables(
-    frames: list[DataFrame],
-    pipeline: FeaturePipeline,
-    spec: FeatureSpec,
-    time_column: str | None,
-) -> dict[str, DataFrame]:
-    """{directory name: table} for the user and the item entity (where the spec names an id)."""
-    from pyspark.sql import functions as F
+@dataclass
+class TableSpec:
+    directory: str  # user_features | item_features
+    key: str  # the encoded id feature
+    features: list[str]  # the entity's other features
+    vocabulary: Vocabulary | None  # decodes the key into the raw id
 
-    tables = {}
-    for entity, directory in TABLES.items():
-        key = spec.user_id if entity == "user" else spec.item_id
+
+def table_specs(pipeline: FeaturePipeline, spec: FeatureSpec) -> list[TableSpec]:
+    """The tables this spec calls for: one per entity (user, item) whose id it names."""
+    tables = []
+    for entity, key in (("user", spec.user_id), ("item", spec.item_id)):
         if key is None:
             continue
-        others = [f.name for f in spec.of_entity(entity) if f.name != key]
-        order = [time_column] if time_column else []
-        rows = reduce(
-            lambda a, b: a.unionByName(b), [f.select(key, *others, *order) for f in frames]
-        ).where(F.col(key) >= FIRST_KNOWN)
-        latest = F.max(F.struct(*order, *others)).alias("__latest")
-        table = rows.groupBy(key).agg(latest)
-        table = table.select(key, *[F.col(f"__latest.{c}").alias(c) for c in others])
-        raw = _raw_ids(pipeline, key, table.sparkSession)
-        if raw is not None:
-            table = table.join(raw, key, "left").select(key, f"{key}_raw", *others)
-        tables[directory] = table
+        features = [f.name for f in spec.of_entity(entity) if f.name != key]
+        step = pipeline.writer(key)
+        vocab = None
+        if isinstance(step, CategoryEncode) and step.params.split is None:
+            vocab = step.vocab_for(step.lineage()[key][0])
+        tables.append(TableSpec(f"{entity}_features", key, features, vocab))
     return tables
 
 
-def _raw_ids(pipeline: FeaturePipeline, key: str, spark):
-    step = pipeline.writer(key)
-    if not isinstance(step, CategoryEncode) or step.params.split is not None:
-        return None
-    source = step.lineage()[key][0]
-    return step.vocab_for(source).spark_frame(spark, f"{key}_raw", key)
+def latest_rows(processed: DataFrame, tables: list[TableSpec], time_column: str | None):
+    """One DataFrame with every table's rows, tagged by `TABLE_COLUMN` (for partitionBy)."""
+    from pyspark.sql import functions as F
+
+    order = [time_column] if time_column else []
+    frames = []
+    for table in tables:
+        latest = F.max(F.struct(*order, *table.features)).alias("__latest")
+        rows = (
+            processed.where(F.col(table.key) >= FIRST_KNOWN)
+            .groupBy(table.key)
+            .agg(latest)
+            .select(table.key, *[F.col(f"__latest.{c}").alias(c) for c in table.features])
+            .withColumn(TABLE_COLUMN, F.lit(table.directory))
+        )
+        frames.append(rows)
+    return reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), frames)
+
+
+def finish_table(staging: Path, target: Path, table: TableSpec) -> int:
+    """Move one table out of the staging directory with its own columns and the raw ids."""
+    source = staging / f"{TABLE_COLUMN}={table.directory}"
+    target.mkdir()
+    rows = 0
+    for file in sorted(source.glob("*.parquet")) if source.is_dir() else []:
+        data = pq.read_table(file, columns=[table.key, *table.features])
+        data = data.replace_schema_metadata(None)
+        if table.vocabulary is not None:
+            index = data[table.key].to_numpy() - FIRST_KNOWN
+            raw = table.vocabulary.values.take(pa.array(np.asarray(index, dtype=np.int64)))
+            data = data.add_column(1, f"{table.key}_raw", raw)
+        pq.write_table(data, target / file.name)
+        rows += data.num_rows
+    return rows

@@ -136,7 +136,8 @@ def ensure_ray(address: str | None) -> None:
         address=address,
         include_dashboard=False,
         log_to_driver=False,
-        logging_level=logging.WARNING,
+        # Ray's start-up warnings (auth tokens, dashboards) are noise on one machine
+        logging_level=logging.ERROR,
     )
 
 

@@ -298,15 +298,17 @@ def test_a_corrupt_parquet_file_is_named_and_the_old_output_kept(
 
 
 def test_cli_writes_output_and_refuses_to_overwrite(recsys_raw: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
+    out, cache = tmp_path / "out", tmp_path / "cds"
     args = [sys.executable, "-m", "recsys.preprocess", f"data={recsys_raw}", f"out={out}",
             "features=recsys2021_two_tower", "spark.cores=2", "tables=false",
-            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+            f"spark.class_cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "preprocessed" in first.stdout + first.stderr
     assert (out / "feature_spec.json").is_file() and not (out / "user_features").exists()
     assert (tmp_path / "run" / "run_info.json").is_file()
+    # the first run leaves a whole class archive for the next ones, and nothing half-written
+    assert [p.suffix for p in cache.iterdir()] == [".jsa"]
     second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert second.returncode == 2
     assert second.stderr.strip().splitlines() == [

@@ -9,6 +9,8 @@ import pytest
 from recsys.features.spark import (
     SparkSetupError,
     check_java,
+    class_cache_key,
+    class_cache_options,
     java_executable,
     local_cores,
     shuffle_partitions_for,
@@ -64,3 +66,20 @@ def test_an_old_java_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path))
     with pytest.raises(SparkSetupError, match="is Java 8; Spark needs Java 17"):
         check_java()
+
+
+def test_the_class_cache_is_written_once_then_used(tmp_path: Path) -> None:
+    key = class_cache_key('openjdk version "17.0.15"', "-XX:TieredStopAtLevel=1")
+    assert key != class_cache_key('openjdk version "21.0.1"', "-XX:TieredStopAtLevel=1")
+    assert key != class_cache_key('openjdk version "17.0.15"', "")
+    options, partial = class_cache_options(tmp_path / "cds", key)
+    assert options[0] == f"-XX:ArchiveClassesAtExit={partial}"
+    assert partial.parent == tmp_path / "cds" and partial.name.endswith(".partial")
+    # a half-written archive is never used: only the renamed, whole one
+    partial.write_bytes(b"half")
+    options, _ = class_cache_options(tmp_path / "cds", key)
+    assert options[0].startswith("-XX:ArchiveClassesAtExit=")
+    (tmp_path / "cds" / f"{key}.jsa").write_bytes(b"whole")
+    options, partial = class_cache_options(tmp_path / "cds", key)
+    assert options[0] == f"-XX:SharedArchiveFile={tmp_path / 'cds' / (key + '.jsa')}"
+    assert partial is None

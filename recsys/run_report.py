@@ -1,0 +1,406 @@
+"""The pipeline's run report: `report.md`, `report.html` and training-curve PNGs.
+
+Every number comes from the stage records the console lines were printed from, so the two
+agree. Baselines for the ranker are computed here on its processed test split: a constant
+predictor (the training label rate) and item popularity (the item's count of positive
+training rows). The best achievable AUC comes from the generator's true probabilities.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from recsys.features.feature_spec import FeatureSpec
+
+if TYPE_CHECKING:
+    from recsys.pipeline import PipelineState
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------ baselines
+
+
+def auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC by the rank-sum formula (ties share their mean rank)."""
+    labels = labels.astype(bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        return math.nan
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # mean rank of each run of equal scores
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
+    ends = np.r_[starts[1:], len(scores)]
+    for start, end in zip(starts, ends, strict=True):
+        ranks[order[start:end]] = (start + end + 1) / 2
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+
+
+def log_loss(labels: np.ndarray, p: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)))
+
+
+def ranker_baselines(data: Path) -> dict[str, dict[str, float]]:
+    """Constant and popularity predictors scored on the processed test split."""
+    spec = FeatureSpec.load(data)
+    if spec.label is None or spec.item_id is None:
+        return {}
+    columns = [spec.label, spec.item_id]
+    train = pq.read_table(data / "train", columns=columns)
+    test = pq.read_table(data / "test", columns=columns)
+    y_train = train[spec.label].to_numpy().astype(np.float64)
+    y_test = test[spec.label].to_numpy().astype(np.float64)
+    rate = float(y_train.mean())
+    item_train = train[spec.item_id].to_numpy()
+    positives = np.bincount(item_train, weights=y_train, minlength=1)
+    item_test = test[spec.item_id].to_numpy()
+    popularity = np.where(
+        item_test < len(positives), positives[np.minimum(item_test, len(positives) - 1)], 0.0
+    )
+    return {
+        "constant": {"auc": 0.5, "logloss": log_loss(y_test, np.full(len(y_test), rate))},
+        "popularity": {"auc": auc(y_test, popularity)},
+    }
+
+
+# ------------------------------------------------------------------ curves
+
+
+def read_history(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(history: list[dict[str, Any]], title: str, path: Path) -> bool:
+    """Loss (train, val) and the validation metrics per epoch, side by side."""
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    quality = [k for k in history[-1] if k.startswith("val/") and k != "val/loss"]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for key in ("train/loss", "val/loss"):
+        if key in history[-1]:
+            axes[0].plot(epochs, [h.get(key) for h in history], marker="o", label=key)
+    axes[0].set_xlabel("epoch")
+    axes[0].set_title("loss")
+    axes[0].legend()
+    for key in quality:
+        axes[1].plot(epochs, [h.get(key) for h in history], marker="o", label=key)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_title("validation")
+    if quality:
+        axes[1].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+# ------------------------------------------------------------------ the report
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "n/a" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def headline(state: PipelineState) -> list[str]:
+    """The key results, printed on the console and written at the top of the report."""
+    records, lines = state.records, []
+    generate = records.get("generate")
+    train = records.get("train")
+    if train is not None:
+        result = train.details["ranker"]["result"]
+        test = result.get("test", {})
+        best = generate.details["summary"]["best_auc"].get("test") if generate else None
+        baselines = state.baselines
+        constant = baselines.get("constant", {}).get("logloss", math.nan)
+        popularity = baselines.get("popularity", {}).get("auc", math.nan)
+        lines.append(
+            f"ranker ({train.details['ranker']['model']}) test AUC "
+            f"{_fmt(test.get('test/auc', math.nan))}, "
+            f"log loss {_fmt(test.get('test/logloss', math.nan))}"
+            f" | constant AUC 0.5000, log loss {_fmt(constant)}"
+            f" | popularity AUC {_fmt(popularity)}"
+            + (f" | best achievable {best:.4f}" if best is not None else "")
+        )
+    evaluate = records.get("evaluate")
+    if evaluate is not None:
+        report = evaluate.details["report"]
+        k = max(report["k"])
+        m = report["metrics"]
+        lines.append(
+            f"Recall@{k} on held-out interactions: recall+rank {m['rank'][f'recall@{k}']:.4f}, "
+            f"two-tower recall {m['retrieval'][f'recall@{k}']:.4f}, "
+            f"popularity {m['popularity'][f'recall@{k}']:.4f}"
+        )
+    serve = records.get("serve")
+    if serve is not None:
+        ms = sorted(a["ms"] for a in serve.details["answers"])
+        lines.append(
+            f"serving: {len(ms)} Recommend calls, median {ms[len(ms) // 2]:.1f} ms, "
+            f"max {ms[-1]:.1f} ms"
+        )
+    return lines
+
+
+def write_report(state: PipelineState, total_seconds: float) -> Path:
+    """Write report.md, report.html and curve PNGs into the run directory; log the headline."""
+    out = state.run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    records = state.records
+    state.baselines = {}
+    if "train" in records:
+        state.baselines = ranker_baselines(state.path(str(state.cfg.pipeline.ranker_features)))
+    top = headline(state)
+    for line in top:
+        log.info(line)
+
+    md: list[str] = ["# Pipeline report", ""]
+    md += [f"- {line}" for line in top]
+    command = " ".join(["python -m recsys.pipeline", *state.user_overrides])
+    md += ["", f"Command: `{command}`"]
+    md += [
+        "",
+        f"Work directory `{state.work_dir}`, run directory `{out}`, total {total_seconds:.1f} s.",
+        "",
+    ]
+
+    md += ["## Stages", ""]
+    md += table(
+        ["stage", "seconds", "reused", "result"],
+        [
+            [r.name, f"{r.seconds:.1f}", "yes" if r.reused else "no", r.line]
+            for r in records.values()
+        ],
+    )
+
+    generate = records.get("generate")
+    if generate is not None:
+        s = generate.details["summary"]
+        md += ["", "## Data", ""]
+        md += table(
+            ["split", "rows", *s["label_rate"]["train"].keys(), "best achievable AUC"],
+            [
+                [
+                    split,
+                    f"{s['rows'][split]:,}",
+                    *(f"{v:.2%}" for v in s["label_rate"][split].values()),
+                    s["best_auc"].get(split),
+                ]
+                for split in ("train", "test")
+                if split in s["label_rate"]
+            ],
+        )
+        settings = s["settings"]
+        md += [
+            "",
+            f"Generator: seed {settings['seed']}, signal {settings['signal']}, "
+            f"{settings['num_users']:,} users, {settings['num_tweets']:,} tweets.",
+        ]
+
+    features = records.get("features")
+    if features is not None:
+        md += ["", "## Features", ""]
+        md += table(
+            ["role", "feature set", "train", "valid", "test", "seconds"],
+            [
+                [
+                    role,
+                    d["summary"]["features"],
+                    f"{d['summary']['rows']['train']:,}",
+                    f"{d['summary']['rows']['valid']:,}",
+                    f"{d['summary']['rows']['test']:,}",
+                    f"{d['summary']['seconds']:.1f}",
+                ]
+                for role, d in features.details.items()
+                if "summary" in d
+            ],
+        )
+
+    train = records.get("train")
+    if train is not None:
+        md += ["", "## Training", ""]
+        for role, d in train.details.items():
+            result = d["result"]
+            run_dir = Path(d["run_dir"])
+            history = read_history(run_dir)
+            md += [f"### {role}: {d['model']}", ""]
+            md += [
+                f"Run directory `{run_dir}`; best {result['metric']} {_fmt(result['best'])} "
+                f"at epoch {result['best_epoch']}.",
+                "",
+            ]
+            if history:
+                keys = [k for k in history[-1] if k != "epoch"]
+                md += table(
+                    ["epoch", *keys], [[h["epoch"], *(h.get(k) for k in keys)] for h in history]
+                )
+            if result.get("test"):
+                md += [
+                    "",
+                    "Test: " + ", ".join(f"{k} {_fmt(v)}" for k, v in result["test"].items()),
+                ]
+            png = out / f"curves_{role}.png"
+            if plot_curves(history, f"{role}: {d['model']}", png):
+                md += ["", f"![{role} curves]({png.name})"]
+            md += [""]
+        if state.baselines:
+            test = train.details["ranker"]["result"].get("test", {})
+            best = generate.details["summary"]["best_auc"].get("test") if generate else None
+            md += ["### Ranker against baselines (test split)", ""]
+            md += table(
+                ["predictor", "AUC", "log loss"],
+                [
+                    [
+                        train.details["ranker"]["model"],
+                        test.get("test/auc", math.nan),
+                        test.get("test/logloss", math.nan),
+                    ],
+                    ["constant (train label rate)", 0.5, state.baselines["constant"]["logloss"]],
+                    ["popularity (positives per item)", state.baselines["popularity"]["auc"], ""],
+                    ["true probabilities (generator)", best if best is not None else "", ""],
+                ],
+            )
+
+    evaluate = records.get("evaluate")
+    if evaluate is not None:
+        report = evaluate.details["report"]
+        names = list(next(iter(report["metrics"].values())))
+        md += ["", "## Retrieval", ""]
+        md += [
+            f"{report['users']:,} users with held-out positives in `{report['split']}`, "
+            f"{report['candidates']} candidates from the {report['index']} index.",
+            "",
+        ]
+        md += table(
+            ["method", *names], [[m, *(v[n] for n in names)] for m, v in report["metrics"].items()]
+        )
+
+    serve = records.get("serve")
+    if serve is not None:
+        md += ["", "## Serving smoke test", ""]
+        md += [
+            f"Server on `{serve.details['target']}`, ready in "
+            f"{serve.details['startup_seconds']:.1f} s.",
+            "",
+        ]
+        md += table(
+            ["user", "fallback", "ms", "top items (score)"],
+            [
+                [
+                    a["user"],
+                    "yes" if a["fallback"] else "no",
+                    f"{a['ms']:.1f}",
+                    ", ".join(
+                        f"{i} ({s:.3f})"
+                        for i, s in zip(a["items"][:5], a["scores"][:5], strict=True)
+                    ),
+                ]
+                for a in serve.details["answers"]
+            ],
+        )
+
+    export = records.get("export")
+    if export is not None:
+        manifest = export.details.get("manifest")
+        md += ["", "## Bundle", ""]
+        md += [f"`{export.details.get('bundle')}`: {export.line}", ""]
+        if manifest:
+            md += table(
+                ["file", "bytes"],
+                [[name, f"{f['bytes']:,}"] for name, f in sorted(manifest["files"].items())],
+            )
+            md += [
+                "",
+                f"Format version {manifest['format_version']}, created {manifest['created']}, "
+                f"git {manifest['git_sha'][:12]}.",
+            ]
+
+    text = "\n".join(md) + "\n"
+    md_path = out / "report.md"
+    md_path.write_text(text)
+    (out / "report.html").write_text(markdown_to_html(text))
+    return md_path
+
+
+def markdown_to_html(text: str) -> str:
+    """The small markdown subset `write_report` writes: headings, lists, tables, images."""
+    body: list[str] = []
+    in_table = in_list = False
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= {"-"}:
+                continue
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+                body.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells) + "</tr>")
+            else:
+                body.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            body.append(f"<li>{_inline(line[2:])}</li>")
+            continue
+        if in_list:
+            body.append("</ul>")
+            in_list = False
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("!["):
+            alt, src = line[2:].split("](", 1)
+            body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}">')
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    if in_list:
+        body.append("</ul>")
+    style = (
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>Pipeline report</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
+
+
+def _inline(text: str) -> str:
+    """Escape, then turn `code` spans into <code>."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
