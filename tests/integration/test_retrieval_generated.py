@@ -4,8 +4,8 @@ exposure), two-tower recall beats the popularity list in `recsys.evaluate`.
 generate (small world) -> preprocess two-tower features (the shared SparkSession) -> train
 two_tower (conf/experiment/recsys2021_two_tower.yaml, smaller towers) -> export -> evaluate.
 The ranker comes from the export fixtures (other data): the bundle needs one, and only the
-`retrieval` order (two-tower + Faiss) and `popularity` are compared here. 112 s on the loaded
-2-core machine with the export fixtures (Spark preprocess 38 s of it).
+`retrieval` order (two-tower + Faiss) and `popularity` are compared here. On the loaded
+2-core machine: 40 s beside the other integration tests (their fixtures shared), 112 s alone.
 """
 
 from __future__ import annotations
