@@ -79,7 +79,10 @@ def to_tensor(feature: Feature, column: pa.ChunkedArray, where: str) -> Tensor:
         ):
             raise DataError(f"{where}: column {feature.name!r} is {column.type}, expected float")
         values = column.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    return torch.from_numpy(np.ascontiguousarray(values))
+    values = np.ascontiguousarray(values)
+    if not values.flags.writeable:  # a zero-copy view of Arrow memory; torch wants to own it
+        values = values.copy()
+    return torch.from_numpy(values)
 
 
 def _padded_lists(column: pa.ChunkedArray, max_len: int, where: str, name: str) -> np.ndarray:
