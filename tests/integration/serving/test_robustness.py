@@ -95,8 +95,13 @@ def test_expired_calls_are_cancelled_on_the_server(server: ServerHandle, slow: S
     try:
         with RecommenderClient(server.target, timeout=0.2) as client:
             assert _code(lambda: client.recommend(USER, k=5)) == grpc.StatusCode.DEADLINE_EXCEEDED
-        time.sleep(0.3)
-        # the server's own deadline (the client's 0.2 s) stopped the work: counted there
+        # the server's own deadline (the client's 0.2 s) stops the work and counts it there;
+        # on a loaded machine the server may get to it a little later than the client gave up
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (
+            metric._value.get() < before + 1 or server.app.in_flight
+        ):
+            time.sleep(0.05)
         assert metric._value.get() == before + 1
         assert server.app.in_flight == 0
     finally:
@@ -218,8 +223,11 @@ def test_sigterm_drains_and_exits_zero(serving_bundle: Path, tmp_path: Path) -> 
     # after it (grpc core and torch teardown) took 1.5 s alone and up to 10 s with clients
     # still hammering, on this loaded machine
     assert exit_seconds < 25
-    # calls in progress finished; later ones were refused cleanly, none failed inside
-    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, set(codes)
+    # calls in progress finished; later ones were refused cleanly, none failed inside. A call
+    # that reaches the server after its shutdown began is refused by gRPC itself, before any
+    # handler runs: UNAVAILABLE, or CANCELLED when it raced the listener's close
+    refused = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+    assert set(codes) <= {grpc.StatusCode.OK, *refused}, set(codes)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
