@@ -77,14 +77,16 @@ def test_existing_output_is_kept_without_overwrite(tmp_path: Path) -> None:
 
 
 def test_pipeline_generates_then_reuses(tmp_path: Path) -> None:
-    args = ["pipeline.rows=2000", f"paths.data_dir={tmp_path}", *SMALL]
-    first = _run("recsys.pipeline", *args, f"hydra.run.dir={tmp_path / 'r1'}")
-    assert first.returncode == 0, first.stderr
-    assert "generated 2,000 rows" in first.stdout + first.stderr
-    assert "label rate" in first.stdout + first.stderr
+    args = ["pipeline.rows=2000", f"paths.data_dir={tmp_path}", "pipeline.stages=[generate]"]
+    first = _run("recsys.pipeline", *args, *SMALL, f"hydra.run.dir={tmp_path / 'r1'}")
+    out = first.stdout + first.stderr
+    assert first.returncode == 0, out
+    assert "[1/1] generate done" in out and "2,000 rows, label rate" in out, out
     data = tmp_path / "demo" / "recsys2021"
     stamp = (data / "_generator.json").stat().st_mtime_ns
-    second = _run("recsys.pipeline", *args, f"hydra.run.dir={tmp_path / 'r2'}")
+    second = _run("recsys.pipeline", *args, *SMALL, f"hydra.run.dir={tmp_path / 'r2'}")
     assert second.returncode == 0, second.stderr
-    assert "reusing" in second.stdout + second.stderr
+    assert "[1/1] generate done (reused)" in second.stdout + second.stderr
     assert (data / "_generator.json").stat().st_mtime_ns == stamp
+    # the report of a generate-only run holds the data summary
+    assert "## Data" in (tmp_path / "r2" / "report.md").read_text()
