@@ -39,6 +39,10 @@ def run_task(
         run_dir = record_run(cfg)
         log.debug("run directory: %s", run_dir)
         return task(cfg)
+    except KeyboardInterrupt:
+        # every stage writes under a temporary name, so nothing half-written is left
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
         if _in_sweep():
             from hydra.core.hydra_config import HydraConfig

@@ -585,6 +585,7 @@ def quiet_console() -> None:
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, StageRecord]:
+    from recsys.features.spark import kill_spark, stop_spark
     from recsys.run_report import write_report
 
     t0 = time.perf_counter()
@@ -612,9 +613,17 @@ def run_pipeline(cfg: DictConfig) -> dict[str, StageRecord]:
             state.records[name] = record
             took = "reused" if record.reused else f"{time.perf_counter() - t:.1f} s"
             log.info("%s done (%s): %s", step, took, record.line)
+            if name == "features" and state.spark is not None:
+                stop_spark(state.spark)  # training needs the memory more
+                state.spark = None
+    except KeyboardInterrupt:
+        if state.spark is not None:
+            kill_spark()  # a graceful stop would wait on the interrupted py4j call
+            state.spark = None
+        raise
     finally:
         if state.spark is not None:
-            state.spark.stop()
+            stop_spark(state.spark)
     total = time.perf_counter() - t0
     report = write_report(state, total)
     log.info("pipeline finished in %.1f s; report: %s", total, report)

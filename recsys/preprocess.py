@@ -42,7 +42,13 @@ from recsys.features.source import (
     require_rows,
     spark_errors,
 )
-from recsys.features.spark import build_spark, set_shuffle_partitions, stop_spark
+from recsys.features.spark import (
+    build_spark,
+    kill_spark,
+    plain_sigint,
+    set_shuffle_partitions,
+    stop_spark,
+)
 from recsys.features.split import check_fractions, split_frame
 from recsys.features.tables import TABLE_COLUMN, finish_table, latest_rows, table_specs
 from recsys.provenance import write_json_atomic
@@ -109,6 +115,7 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
     stages = {"spark_start": round(time.perf_counter() - t0, 2)}
     out = Path(cfg.out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    plain_sigint()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         summary = _run(cfg, spark, pipeline, inputs, tmp, stages)
@@ -116,12 +123,18 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
         summary.out = str(out)
         write_json_atomic(tmp / SUMMARY_FILE, asdict(summary))
         swap_in(tmp, out)
+    except KeyboardInterrupt:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if own_spark:
+            kill_spark()  # the interrupted py4j call would keep a graceful stop waiting
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
         if own_spark:
             stop_spark(spark)
+        raise
+    if own_spark:
+        stop_spark(spark)
     log.info(format_summary(summary))
     return summary
 

@@ -16,6 +16,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -238,13 +239,57 @@ def build_spark(cfg: Mapping[str, Any]) -> SparkSession:
     builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
+    # Ctrl-C must reach the main thread, which waits in a socket read on the JVM: threads and
+    # processes started with the session (py4j's, the accumulator server, the JVM) inherit a
+    # mask with SIGINT blocked, so the kernel delivers it to the main thread only
+    masked = _block_sigint()
     try:
         spark = builder.getOrCreate()
     except Exception as e:  # py4j / JVM start-up failures
         raise SparkSetupError(f"Spark failed to start: {e}") from e
+    finally:
+        if masked is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, masked)
+    plain_sigint()
     spark.sparkContext.setLogLevel(str(cfg.get("log_level") or "WARN").upper())
     log.debug("spark %s on %s", spark.version, settings["spark.master"])
     return spark
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def plain_sigint() -> None:
+    """Ctrl-C as a plain KeyboardInterrupt in the main thread. PySpark's own handler (set
+    whenever a SparkContext starts) cancels jobs through py4j from inside the interrupted py4j
+    call, which can deadlock; a KeyboardInterrupt unwinds, and `kill_spark` ends the JVM."""
+    if _in_main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _block_sigint() -> set[signal.Signals] | None:
+    if not _in_main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def kill_spark() -> None:
+    """End the local JVM at once (after Ctrl-C, when the py4j connection is mid-call and a
+    graceful stop would wait on it). Partial outputs are the callers' to remove."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    proc = getattr(gateway, "proc", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=30)
+    SparkContext._gateway = None
+    SparkContext._jvm = None
+    SparkContext._active_spark_context = None
 
 
 def set_shuffle_partitions(spark: SparkSession, input_bytes: int, configured: int | None) -> int:
