@@ -611,7 +611,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, StageRecord]:
             if name == "generate":
                 mark_done(state, "generate", state.keys["generate"], record)
             state.records[name] = record
-            took = "reused" if record.reused else f"{time.perf_counter() - t:.1f} s"
+            if not record.reused:  # the report shows the same stage time as the console
+                record.seconds = round(time.perf_counter() - t, 1)
+            took = "reused" if record.reused else f"{record.seconds:.1f} s"
             log.info("%s done (%s): %s", step, took, record.line)
             if name == "features" and state.spark is not None:
                 stop_spark(state.spark)  # training needs the memory more

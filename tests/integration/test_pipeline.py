@@ -105,6 +105,9 @@ def test_report_holds_the_printed_numbers(first_run: tuple[Path, Path, str]) -> 
     assert len(headline) == 2, out
     for line in headline:
         assert f"- {line}" in report
+    # each stage's time as the console printed it
+    for stage, seconds in re.findall(r"\] (\w+) done \((\d+\.\d) s\)", out):
+        assert f"| {stage} | {seconds} | no |" in report
     assert (run / "report.html").read_text().count("<table>") >= 4
     assert (run / "curves_ranker.png").stat().st_size > 1000
     auc = float(re.search(r"test AUC (\d\.\d+)", headline[0]).group(1))
