@@ -619,9 +619,10 @@ def run_pipeline(cfg: DictConfig) -> dict[str, StageRecord]:
                 stop_spark(state.spark)  # training needs the memory more
                 state.spark = None
     except KeyboardInterrupt:
-        if state.spark is not None:
-            kill_spark()  # a graceful stop would wait on the interrupted py4j call
-            state.spark = None
+        # also when Ctrl-C came while the session was starting (state.spark not set yet); a
+        # graceful stop would wait on the interrupted py4j call
+        kill_spark()
+        state.spark = None
         raise
     finally:
         if state.spark is not None:

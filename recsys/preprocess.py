@@ -111,7 +111,11 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
     inputs = inspect_inputs(cfg, pipeline)  # bad input fails here, before Spark starts
     own_spark = spark is None
     if own_spark:
-        spark = build_spark(_container(cfg.spark))
+        try:
+            spark = build_spark(_container(cfg.spark))
+        except KeyboardInterrupt:
+            kill_spark()
+            raise
     stages = {"spark_start": round(time.perf_counter() - t0, 2)}
     out = Path(cfg.out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"

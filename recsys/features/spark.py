@@ -239,17 +239,10 @@ def build_spark(cfg: Mapping[str, Any]) -> SparkSession:
     builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
-    # Ctrl-C must reach the main thread, which waits in a socket read on the JVM: threads and
-    # processes started with the session (py4j's, the accumulator server, the JVM) inherit a
-    # mask with SIGINT blocked, so the kernel delivers it to the main thread only
-    masked = _block_sigint()
     try:
         spark = builder.getOrCreate()
     except Exception as e:  # py4j / JVM start-up failures
         raise SparkSetupError(f"Spark failed to start: {e}") from e
-    finally:
-        if masked is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, masked)
     plain_sigint()
     spark.sparkContext.setLogLevel(str(cfg.get("log_level") or "WARN").upper())
     log.debug("spark %s on %s", spark.version, settings["spark.master"])
@@ -268,13 +261,6 @@ def plain_sigint() -> None:
     call, which can deadlock; a KeyboardInterrupt unwinds, and `kill_spark` ends the JVM."""
     if _in_main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
-def _block_sigint() -> set[signal.Signals] | None:
-    if not _in_main_thread():
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
 
 
 def kill_spark() -> None:
