@@ -22,11 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +40,7 @@ from recsys.data.generator import (
     settings_from_dataset,
 )
 from recsys.errors import RecsysError
-from recsys.provenance import write_json_atomic
+from recsys.provenance import temp_dir_for, write_json_atomic
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -181,22 +178,6 @@ def as_overrides(cfg: DictConfig, root: str) -> list[str]:
 
 def quoted(path: Path | str) -> str:
     return "'" + str(path).replace("'", "\\'") + "'"
-
-
-@contextmanager
-def temp_dir_for(target: Path) -> Iterator[Path]:
-    """A fresh temporary directory beside `target`, renamed onto it when the block succeeds."""
-    from recsys.data.generator import swap_in
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        swap_in(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ------------------------------------------------------------------ stages

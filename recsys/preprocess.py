@@ -31,7 +31,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
-from recsys.data.generator import swap_in
 from recsys.features.columns import FeatureError, MissingColumnError
 from recsys.features.pipeline import FeaturePipeline
 from recsys.features.source import (
@@ -51,7 +50,7 @@ from recsys.features.spark import (
 )
 from recsys.features.split import check_fractions, split_frame
 from recsys.features.tables import TABLE_COLUMN, finish_table, latest_rows, table_specs
-from recsys.provenance import write_json_atomic
+from recsys.provenance import swap_in, write_json_atomic
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -4,9 +4,13 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -113,3 +117,29 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None) -> Path:
     out = Path(output_dir)
     write_json_atomic(out / "run_info.json", run_info(cfg, overrides))
     return out
+
+
+def swap_in(tmp: Path, out: Path) -> None:
+    """Replace `out` by `tmp` with renames only, so `out` is always whole or absent."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def temp_dir_for(target: Path) -> Iterator[Path]:
+    """A fresh temporary directory beside `target`, swapped in when the block succeeds and
+    removed when it fails."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

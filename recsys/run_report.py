@@ -30,20 +30,14 @@ log = logging.getLogger(__name__)
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC by the rank-sum formula (ties share their mean rank)."""
-    labels = labels.astype(bool)
-    positives, negatives = int(labels.sum()), int((~labels).sum())
-    if positives == 0 or negatives == 0:
+    """ROC AUC (torchmetrics, as training reports it); NaN when one class is absent."""
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    if labels.min() == labels.max():
         return math.nan
-    order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores), dtype=np.float64)
-    # mean rank of each run of equal scores
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for start, end in zip(starts, ends, strict=True):
-        ranks[order[start:end]] = (start + end + 1) / 2
-    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    target = torch.from_numpy(labels.astype(np.int64))
+    return float(binary_auroc(torch.from_numpy(scores.astype(np.float64)), target))
 
 
 def log_loss(labels: np.ndarray, p: np.ndarray) -> float:

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 from recsys.data.recsys2021 import ENGAGEMENTS, LIST_SEPARATOR, RAW_SCHEMA
 from recsys.errors import RecsysError
-from recsys.provenance import write_json_atomic
+from recsys.provenance import swap_in, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -586,17 +586,6 @@ def _prepare_output(out: Path, overwrite: bool) -> Path:
     except OSError as e:
         raise GeneratorError(f"cannot write output {out}: {e.strerror or e}") from e
     return tmp
-
-
-def swap_in(tmp: Path, out: Path) -> None:
-    """Replace `out` by `tmp` with renames only, so `out` is always whole or absent."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def best_auc(out: Path, split: str) -> float | None:

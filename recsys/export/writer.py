@@ -29,7 +29,6 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
-from recsys.data.generator import swap_in
 from recsys.errors import RecsysError
 from recsys.export import layout
 from recsys.export.formats import ModuleReport, check_format, file_name, save_module
@@ -43,7 +42,7 @@ from recsys.export.index import (
 from recsys.export.tensors import read_table, to_tensors
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, Feature, FeatureSpec
 from recsys.models import build_model
-from recsys.provenance import git_sha, package_versions, write_json_atomic
+from recsys.provenance import git_sha, package_versions, swap_in, write_json_atomic
 from recsys.train.checkpoints import CheckpointError, read_checkpoint
 
 log = logging.getLogger(__name__)

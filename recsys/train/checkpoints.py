@@ -26,7 +26,7 @@ import torch
 
 from recsys.errors import RecsysError
 from recsys.features.feature_spec import FeatureSpec
-from recsys.provenance import write_json_atomic
+from recsys.provenance import temp_dir_for, write_json_atomic
 
 
 class CheckpointError(RecsysError):
@@ -118,12 +118,5 @@ def read_rank_rng(directory: Path, rank: int) -> torch.Tensor | None:
 
 def replace_dir(source: Path, target: Path) -> None:
     """Make `target` a copy of `source`, swapping it in with renames (whole or absent)."""
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(source, tmp)
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with temp_dir_for(target) as tmp:
+        shutil.copytree(source, tmp, dirs_exist_ok=True)
