@@ -19,6 +19,7 @@ resolved config and of its inputs' hashes) is reused. The run directory gets `re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -210,9 +211,11 @@ def stage_generate(state: PipelineState) -> StageRecord:
 
 def _spark(state: PipelineState, cfg: DictConfig) -> Any:
     if state.spark is None:
-        from recsys.features.spark import build_spark
+        from recsys.features.spark import build_spark, child_output_to
 
-        state.spark = build_spark(OmegaConf.to_container(cfg.spark, resolve=True))
+        # the JVM's warnings and console log go to the run's log file, not the terminal
+        with child_output_to(state.run_dir / f"{state.cfg.task_name}.log"):
+            state.spark = build_spark(OmegaConf.to_container(cfg.spark, resolve=True))
     return state.spark
 
 
@@ -269,38 +272,69 @@ def stage_features(state: PipelineState) -> StageRecord:
     return combined("features", ranker, retrieval)
 
 
-def _train_one(state: PipelineState, role: str, model: str, overrides: list[str]) -> StageRecord:
-    from recsys.provenance import record_run
-    from recsys.train.run import check_train_config, run_training
+@dataclass
+class Training:
+    """One of the train stage's two trainings: its composed config, key and run directory."""
+
+    role: str  # ranker | retrieval
+    model: str
+    cfg: DictConfig
+    key: str
+    out: Path
+
+    @property
+    def name(self) -> str:
+        return f"train_{self.role}"
+
+
+def _training(state: PipelineState, role: str, model: str, overrides: list[str]) -> Training:
+    from recsys.train.run import check_train_config
 
     stage_cfg = compose_stage("train", overrides)
     check_train_config(stage_cfg)
-    out = state.path("runs", role)
-    features_key = state.keys[f"features_{role}"]
-    key = stage_key(settings_of(stage_cfg), features_key)
+    key = stage_key(settings_of(stage_cfg), state.keys[f"features_{role}"])
+    return Training(role, model, stage_cfg, key, state.path("runs", role))
 
-    def run() -> StageRecord:
-        log.info(
-            "  %s: %s on %s ...",
-            role,
-            model,
-            f"Ray, {stage_cfg.backend.num_workers} workers"
-            if stage_cfg.backend.name == "ray"
-            else "the local backend",
-        )
-        with temp_dir_for(out) as tmp:
-            record_run(stage_cfg, tmp)
-            result = run_training(stage_cfg, tmp)
-        return StageRecord(
-            f"train_{role}",
-            0.0,
+
+def _where(cfg: DictConfig) -> str:
+    if cfg.backend.name == "ray":
+        return f"Ray, {cfg.backend.num_workers} workers"
+    return "the local backend"
+
+
+def _run_trainings(state: PipelineState, trainings: list[Training]) -> list[StageRecord]:
+    """Run `trainings` (one Ray worker group when their backends agree) and mark each done."""
+    from recsys.provenance import record_run
+    from recsys.train.run import can_share_workers, run_trainings
+
+    shared = can_share_workers([t.cfg for t in trainings])
+    if len(trainings) > 1 and not shared:
+        return [record for t in trainings for record in _run_trainings(state, [t])]
+    names = " then ".join(f"{t.role} {t.model}" for t in trainings)
+    log.info(
+        "  %s on %s%s ...", names, _where(trainings[0].cfg), " (one worker group)" if shared else ""
+    )
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        tmps = [stack.enter_context(temp_dir_for(t.out)) for t in trainings]
+        for training, tmp in zip(trainings, tmps, strict=True):
+            record_run(training.cfg, tmp)
+        results = run_trainings([(t.cfg, tmp) for t, tmp in zip(trainings, tmps, strict=True)])
+    seconds = round(time.perf_counter() - t0, 1)
+    records = []
+    for training, result in zip(trainings, results, strict=True):
+        record = StageRecord(
+            training.name,
+            seconds,  # trainings that shared one worker group share its time
             False,
-            f"{role} {model}: best {result['metric']} "
+            f"{training.role} {training.model}: best {result['metric']} "
             f"{_num(result['best'])} at epoch {result['best_epoch']}",
-            {"result": result, "run_dir": str(out), "model": model},
+            {"result": result, "run_dir": str(training.out), "model": training.model},
         )
-
-    return run_or_reuse(state, f"train_{role}", key, [out / "result.json"], run)
+        mark_done(state, training.name, training.key, record)
+        state.keys[training.name] = training.key
+        records.append(record)
+    return records
 
 
 def _num(value: float | None) -> str:
@@ -317,30 +351,44 @@ def stage_train(state: PipelineState) -> StageRecord:
         f"seed={cfg.seed}",
         f"precision={OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)['precision']}",
     ]
-    ranker = _train_one(
-        state,
-        "ranker",
-        state.choices["model"],
-        [
-            f"model={state.choices['model']}",
-            f"data={quoted(state.path(str(cfg.pipeline.ranker_features)))}",
-            *common,
-            *as_overrides(cfg, "model"),
-            *cfg.pipeline.overrides.train_ranker,
-        ],
-    )
-    retrieval = _train_one(
-        state,
-        "retrieval",
-        str(cfg.pipeline.retrieval_model),
-        [
-            f"model={cfg.pipeline.retrieval_model}",
-            f"data={quoted(state.path(str(cfg.pipeline.retrieval_features)))}",
-            *common,
-            *cfg.pipeline.overrides.train_retrieval,
-        ],
-    )
-    return combined("train", ranker, retrieval)
+    trainings = [
+        _training(
+            state,
+            "ranker",
+            state.choices["model"],
+            [
+                f"model={state.choices['model']}",
+                f"data={quoted(state.path(str(cfg.pipeline.ranker_features)))}",
+                *common,
+                *as_overrides(cfg, "model"),
+                *cfg.pipeline.overrides.train_ranker,
+            ],
+        ),
+        _training(
+            state,
+            "retrieval",
+            str(cfg.pipeline.retrieval_model),
+            [
+                f"model={cfg.pipeline.retrieval_model}",
+                f"data={quoted(state.path(str(cfg.pipeline.retrieval_features)))}",
+                *common,
+                *cfg.pipeline.overrides.train_retrieval,
+            ],
+        ),
+    ]
+    records: dict[str, StageRecord] = {}
+    pending = []
+    for training in trainings:
+        earlier = reusable(state, training.name, training.key, [training.out / "result.json"])
+        if earlier is None:
+            pending.append(training)
+            continue
+        records[training.role] = StageRecord(**{**earlier["record"], "reused": True})
+        state.keys[training.name] = training.key
+    if pending:
+        for training, record in zip(pending, _run_trainings(state, pending), strict=True):
+            records[training.role] = record
+    return combined("train", records["ranker"], records["retrieval"])
 
 
 def stage_export(state: PipelineState) -> StageRecord:

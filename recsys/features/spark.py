@@ -11,6 +11,7 @@ saying what to install, instead of a py4j stack trace.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -137,22 +138,25 @@ def class_cache_key(java_version: str, jvm_options: str) -> str:
 
     jars = Path(pyspark.__file__).parent / "jars"
     names = sorted(p.name for p in jars.glob("*.jar")) if jars.is_dir() else []
-    text = "\n".join([java_version, pyspark.__version__, jvm_options, *names])
+    # an archive records the class path it was made with: another install (a fresh clone's
+    # venv) cannot use it, so the jars' location is part of the key
+    text = "\n".join([java_version, pyspark.__version__, jvm_options, str(jars.resolve()), *names])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def class_cache_options(cache_dir: Path, key: str) -> tuple[list[str], Path | None]:
     """JVM options to use (or to write) the archive; the path being written, if any."""
     final = cache_dir / f"{key}.jsa"
-    quiet = "-Xlog:cds=off"  # a stale or mismatched archive is skipped without a warning
+    # a stale or mismatched archive is skipped without a warning
+    quiet = ["-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
     if final.is_file():
-        return [f"-XX:SharedArchiveFile={final}", quiet], None
+        return [f"-XX:SharedArchiveFile={final}", *quiet], None
     cache_dir.mkdir(parents=True, exist_ok=True)
     for old in cache_dir.glob("*.partial"):  # left by a run that never called stop_spark
         if time.time() - old.stat().st_mtime > 3600:
             old.unlink(missing_ok=True)
     partial = cache_dir / f"{key}.{os.getpid()}.partial"
-    return [f"-XX:ArchiveClassesAtExit={partial}", quiet], partial
+    return [f"-XX:ArchiveClassesAtExit={partial}", *quiet], partial
 
 
 def shuffle_partitions_for(input_bytes: int, cores: int) -> int:
@@ -247,6 +251,32 @@ def build_spark(cfg: Mapping[str, Any]) -> SparkSession:
     spark.sparkContext.setLogLevel(str(cfg.get("log_level") or "WARN").upper())
     log.debug("spark %s on %s", spark.version, settings["spark.master"])
     return spark
+
+
+@contextlib.contextmanager
+def child_output_to(path: Path) -> Iterator[None]:
+    """Processes started inside the block (the JVM) write stdout and stderr to `path`.
+
+    The JVM's start-up warnings and console log then go to a run's log file instead of the
+    user's terminal. This process's own output is redirected for the duration of the block
+    too, so keep the block to the start of the child.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    target = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (target, *saved):
+            os.close(fd)
 
 
 def _in_main_thread() -> bool:

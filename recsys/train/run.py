@@ -3,7 +3,8 @@
 The driver owns Hydra: it resolves the config once and hands workers a plain dict
 (`worker_config`). `backend=local` runs the loop in this process; `backend=ray` runs it under
 `ray.train.torch.TorchTrainer` on `backend.num_workers` workers (DDP over gloo), starting a
-local Ray unless `backend.address` names a cluster.
+local Ray unless `backend.address` names a cluster. `run_trainings` trains several models
+with one Ray worker group when their backend settings agree.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from recsys.errors import RecsysError
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, FeatureSpec
 from recsys.models import build_model
 from recsys.train.data import used_features
-from recsys.train.loop import train_loop_per_worker
+from recsys.train.loop import train_jobs_per_worker, train_loop_per_worker
 from recsys.train.precision import check_ipex, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,10 @@ def run_training(
         run_ray(config, cfg.backend)
     else:
         train_loop_per_worker(config)
+    return _result(run_dir)
+
+
+def _result(run_dir: Path) -> dict[str, Any]:
     result = json.loads((run_dir / "result.json").read_text())
     log.info(
         "best %s %.4f at epoch %s; run directory %s",
@@ -124,6 +129,52 @@ def run_training(
         run_dir,
     )
     return result
+
+
+SHARED_BACKEND_KEYS = ("name", "address", "num_workers", "cpus_per_worker", "max_failures")
+
+
+def can_share_workers(cfgs: list[DictConfig]) -> bool:
+    """Whether these trainings can run one after another in one Ray worker group."""
+    if len(cfgs) < 2 or any(cfg.backend.name != "ray" or cfg.resume for cfg in cfgs):
+        return False
+    first = cfgs[0].backend
+    return all(all(cfg.backend[k] == first[k] for k in SHARED_BACKEND_KEYS) for cfg in cfgs)
+
+
+def run_trainings(
+    jobs: list[tuple[DictConfig, Path]], *, fail_once_at: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Train each (config, run directory) in turn; return their `result.json`s.
+
+    On Ray with the same backend settings (and no `resume`), the trainings share one worker
+    group, so Ray Train's start-up is paid once; otherwise each is a `run_training`.
+    `fail_once_at` is `run_training`'s test hook with a `job` index added.
+    """
+    cfgs = [cfg for cfg, _ in jobs]
+    if not can_share_workers(cfgs):
+        return [
+            run_training(cfg, run_dir, fail_once_at=_fault_for(fail_once_at, index))
+            for index, (cfg, run_dir) in enumerate(jobs)
+        ]
+    configs = []
+    for index, (cfg, run_dir) in enumerate(jobs):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "result.json").unlink(missing_ok=True)  # a job with one is skipped
+        config = worker_config(cfg, run_dir)
+        config["job"] = f"{index}:{run_dir.resolve()}"
+        fault = _fault_for(fail_once_at, index)
+        if fault is not None:
+            config["fail_once_at"] = fault
+        configs.append(config)
+    run_ray({"jobs": configs}, cfgs[0].backend)
+    return [_result(run_dir) for _, run_dir in jobs]
+
+
+def _fault_for(fail_once_at: dict[str, Any] | None, index: int) -> dict[str, Any] | None:
+    if fail_once_at is None or fail_once_at.get("job", 0) != index:
+        return None
+    return {key: value for key, value in fail_once_at.items() if key != "job"}
 
 
 def ensure_ray(address: str | None) -> None:
@@ -169,15 +220,17 @@ def _tail(path: Path, interval: float = 0.5) -> Iterator[None]:
 
 
 def run_ray(config: dict[str, Any], backend: DictConfig) -> None:
+    """One `TorchTrainer.fit` of one training's config, or of `{"jobs": [config, ...]}`."""
     from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray(backend.address)
-    run_dir = Path(config["run_dir"])
+    jobs = config.get("jobs", [config])
+    run_dir = Path(jobs[0]["run_dir"])  # Ray's own run files go to the first training's
     last = run_dir / "checkpoints" / "last"
-    resume_from = Checkpoint.from_directory(str(last)) if config["resume"] else None
+    resume_from = Checkpoint.from_directory(str(last)) if config.get("resume") else None
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_jobs_per_worker if "jobs" in config else train_loop_per_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(
@@ -193,5 +246,7 @@ def run_ray(config: dict[str, Any], backend: DictConfig) -> None:
         ),
         resume_from_checkpoint=resume_from,
     )
-    with _tail(run_dir / "progress.log"):
+    with contextlib.ExitStack() as tails:
+        for job in jobs:
+            tails.enter_context(_tail(Path(job["run_dir"]) / "progress.log"))
         trainer.fit()

@@ -146,7 +146,7 @@ def test_ctrl_c_leaves_no_partial_output_and_no_process(tmp_path: Path) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         seen.append(line)
-        if "ranker: wide_deep" in line:
+        if "ranker wide_deep" in line:
             time.sleep(2)
             children = _descendants(proc.pid)
             os.kill(proc.pid, signal.SIGINT)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recsys.train.run import check_train_config, ensure_ray, run_training
+from recsys.train.run import check_train_config, ensure_ray, run_training, run_trainings
 from tests.helpers.processed_data import write_processed
 from tests.helpers.train_config import train_config
 
@@ -53,24 +53,31 @@ def test_two_ray_workers_match_the_local_backend(data: Path, tmp_path: Path, loc
     assert len(_history(tmp_path / "ray")) == 2
 
 
-def test_a_failed_worker_is_recovered_from_the_last_checkpoint(
+def test_a_failed_worker_is_recovered_from_the_last_checkpoint_of_its_own_training(
     data: Path, tmp_path: Path, local_ray
 ) -> None:
-    run_dir = tmp_path / "run"
-    cfg = train_config(
-        data,
-        run_dir,
-        "wide_deep",
-        *COMMON,
-        "backend=ray",
-        "backend.num_workers=2",
-        "backend.max_failures=1",
-    )
+    """Two trainings share one worker group; the second fails once in its second epoch.
+
+    Ray restarts the group: the finished first training is not run again, and the second
+    resumes from its own checkpoint (not from the first training's, which Ray also holds).
+    """
+    settings = (*COMMON, "backend=ray", "backend.num_workers=2", "backend.max_failures=1")
+    first, second = tmp_path / "first", tmp_path / "second"
+    jobs = [
+        (train_config(data, first, "wide_deep", *settings), first),
+        (train_config(data, second, "deepfm", *settings), second),
+    ]
     marker = tmp_path / "failed-once"
-    result = run_training(
-        cfg, run_dir, fail_once_at={"epoch": 1, "step": 3, "rank": 1, "marker": str(marker)}
+    results = run_trainings(
+        jobs, fail_once_at={"job": 1, "epoch": 1, "step": 3, "rank": 1, "marker": str(marker)}
     )
     assert marker.exists()  # the failure did happen
-    assert result["epochs_run"] == 2
-    assert [h["epoch"] for h in _history(run_dir)] == [1, 2]
-    assert "resumed from" in (run_dir / "progress.log").read_text()
+    assert [r["epochs_run"] for r in results] == [2, 2]
+    assert results[0]["best"] > 0.6 and results[1]["best"] > 0.6
+    assert [h["epoch"] for h in _history(first)] == [1, 2]
+    assert [h["epoch"] for h in _history(second)] == [1, 2]
+    first_log, second_log = (d.joinpath("progress.log").read_text() for d in (first, second))
+    assert first_log.count("training WideDeep") == 1 and "resumed" not in first_log
+    assert "training DeepFM" in second_log and "resumed from" in second_log
+    # one worker group: Ray's run files only under the first training's directory
+    assert (first / "ray").is_dir() and not (second / "ray").exists()

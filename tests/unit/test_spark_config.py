@@ -9,6 +9,7 @@ import pytest
 from recsys.features.spark import (
     SparkSetupError,
     check_java,
+    child_output_to,
     class_cache_key,
     class_cache_options,
     java_executable,
@@ -83,3 +84,23 @@ def test_the_class_cache_is_written_once_then_used(tmp_path: Path) -> None:
     options, partial = class_cache_options(tmp_path / "cds", key)
     assert options[0] == f"-XX:SharedArchiveFile={tmp_path / 'cds' / (key + '.jsa')}"
     assert partial is None
+
+
+def test_a_child_started_in_the_block_writes_to_the_log_file(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """How the pipeline keeps the JVM's start-up warnings off the terminal."""
+    import subprocess
+
+    log_file = tmp_path / "run" / "pipeline.log"
+    log_file.parent.mkdir()
+    log_file.write_text("earlier lines\n")
+    with child_output_to(log_file):
+        code = "import sys; print('to stdout'); print('to stderr', file=sys.stderr)"
+        child = subprocess.Popen([sys.executable, "-c", code])
+    child.wait()
+    print("after the block")
+    assert log_file.read_text().splitlines() == ["earlier lines", "to stdout", "to stderr"]
+    out, err = capfd.readouterr()
+    assert "to stdout" not in out and "to stderr" not in err
+    assert "after the block" in out

@@ -104,3 +104,46 @@ def test_a_last_batch_of_one_row_can_be_skipped(data: Path) -> None:
     sizes = [len(b["item"]) for b in iter_batches(shard, size)]
     assert sizes == [size, 1]
     assert [len(b["item"]) for b in iter_batches(shard, size, min_rows=2)] == [size]
+
+
+def test_shared_workers_restore_only_their_own_trainings_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trainings sharing a Ray worker group see Ray's latest checkpoint, whoever wrote it."""
+    import json
+    from types import SimpleNamespace
+
+    import ray.train
+
+    from recsys.train.loop import RayContext
+
+    checkpoint_dir = tmp_path / "checkpoint"
+    checkpoint_dir.mkdir()
+    (checkpoint_dir / "state.json").write_text(json.dumps({"epoch": 0, "job": "0:/runs/a"}))
+    context = SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 2)
+    monkeypatch.setattr(ray.train, "get_context", lambda: context)
+    monkeypatch.setattr(
+        ray.train, "get_checkpoint", lambda: ray.train.Checkpoint.from_directory(checkpoint_dir)
+    )
+
+    def restored(job: str | None) -> Path | None:
+        with RayContext(job).restored_checkpoint() as path:
+            return path
+
+    assert restored("0:/runs/a") == checkpoint_dir
+    assert restored("1:/runs/b") is None  # the other training's checkpoint: start afresh
+    assert restored(None) == checkpoint_dir  # one training per worker group: always its own
+
+
+def test_trainings_share_workers_only_with_the_same_ray_settings(data: Path) -> None:
+    from recsys.train.run import can_share_workers
+
+    def cfg(*overrides: str):
+        return train_config(data, Path("run"), "wide_deep", *overrides)
+
+    ray2 = ("backend=ray", "backend.num_workers=2")
+    assert can_share_workers([cfg(*ray2), cfg(*ray2)])
+    assert not can_share_workers([cfg(*ray2)])
+    assert not can_share_workers([cfg(), cfg()])  # the local backend
+    assert not can_share_workers([cfg(*ray2), cfg("backend=ray", "backend.num_workers=1")])
+    assert not can_share_workers([cfg(*ray2), cfg(*ray2, "resume=true")])
