@@ -283,6 +283,7 @@ class SparkConfig:
     driver_memory: str = "4g"
     jvm_options: str = ""
     class_cache: bool = False
+    class_cache_write: bool = False
     class_cache_dir: str | None = None
     shuffle_partitions: int | None = None
     log_level: str = "WARN"

@@ -118,10 +118,13 @@ def check_java() -> str:
 # ------------------------------------------------------------------ class cache
 # The driver JVM spends about half of its start-up CPU loading Spark's classes (measured here:
 # 13 of 26 CPU seconds for start-up plus a first small job). A class data sharing archive
-# (Java's AppCDS) maps them ready-made instead. The first run with `class_cache` on writes
-# the archive when its JVM exits (`stop_spark` waits for that, then renames it into place:
-# a truncated archive would crash the JVM that maps it, so only whole ones are ever used);
-# later runs with the same Java, Spark jars and JVM options use it.
+# (Java's AppCDS) maps them ready-made instead. `class_cache` uses an archive when there is
+# one; only a run with `class_cache_write` writes one (recording the classes slows that run's
+# JVM and the dump at exit takes about 30 s here: measured 55-60 s more for a first `make demo`
+# than with no archive at all, so runs never pay it unasked). The archive is written when the
+# JVM exits (`stop_spark` waits for that, then renames it into place: a truncated archive
+# would crash the JVM that maps it, so only whole ones are ever used); later runs with the
+# same Java, Spark jars (and their location) and JVM options use it.
 
 _pending_archive: tuple[Path, Path] | None = None  # (being written, final) for stop_spark
 
@@ -144,13 +147,18 @@ def class_cache_key(java_version: str, jvm_options: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def class_cache_options(cache_dir: Path, key: str) -> tuple[list[str], Path | None]:
-    """JVM options to use (or to write) the archive; the path being written, if any."""
+def class_cache_options(
+    cache_dir: Path, key: str, write: bool = False
+) -> tuple[list[str], Path | None]:
+    """JVM options to use the archive (or to write it, with `write`); the path being
+    written, if any."""
     final = cache_dir / f"{key}.jsa"
     # a stale or mismatched archive is skipped without a warning
     quiet = ["-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
     if final.is_file():
         return [f"-XX:SharedArchiveFile={final}", *quiet], None
+    if not write:
+        return [], None
     cache_dir.mkdir(parents=True, exist_ok=True)
     for old in cache_dir.glob("*.partial"):  # left by a run that never called stop_spark
         if time.time() - old.stat().st_mtime > 3600:
@@ -221,7 +229,7 @@ def spark_settings(cfg: Mapping[str, Any], class_cache: list[str] = ()) -> dict[
 def build_spark(cfg: Mapping[str, Any]) -> SparkSession:
     """A SparkSession from the `spark` config node (master, driver_memory, ... conf).
 
-    With `class_cache: true`, stop it with `stop_spark` so that the class archive the first
+    With `class_cache_write: true`, stop it with `stop_spark` so that the class archive the
     run writes is put in place.
     """
     global _pending_archive
@@ -232,7 +240,8 @@ def build_spark(cfg: Mapping[str, Any]) -> SparkSession:
     if cfg.get("class_cache"):
         cache_dir = Path(cfg.get("class_cache_dir") or default_class_cache_dir())
         key = class_cache_key(java_version, str(cfg.get("jvm_options") or ""))
-        cache_options, partial = class_cache_options(cache_dir, key)
+        write = bool(cfg.get("class_cache_write"))
+        cache_options, partial = class_cache_options(cache_dir, key, write)
         if partial is not None:
             _pending_archive = (partial, cache_dir / f"{key}.jsa")
     settings = spark_settings(cfg, cache_options)

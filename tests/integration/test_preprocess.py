@@ -301,7 +301,8 @@ def test_cli_writes_output_and_refuses_to_overwrite(recsys_raw: Path, tmp_path: 
     out, cache = tmp_path / "out", tmp_path / "cds"
     args = [sys.executable, "-m", "recsys.preprocess", f"data={recsys_raw}", f"out={out}",
             "features=recsys2021_two_tower", "spark.cores=2", "tables=false",
-            f"spark.class_cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
+            "spark.class_cache_write=true", f"spark.class_cache_dir={cache}",
+            f"hydra.run.dir={tmp_path / 'run'}"]  # fmt: skip
     first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "preprocessed" in first.stdout + first.stderr

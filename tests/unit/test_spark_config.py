@@ -73,12 +73,15 @@ def test_the_class_cache_is_written_once_then_used(tmp_path: Path) -> None:
     key = class_cache_key('openjdk version "17.0.15"', "-XX:TieredStopAtLevel=1")
     assert key != class_cache_key('openjdk version "21.0.1"', "-XX:TieredStopAtLevel=1")
     assert key != class_cache_key('openjdk version "17.0.15"', "")
-    options, partial = class_cache_options(tmp_path / "cds", key)
+    # no archive yet: nothing to use, and none is written unless asked
+    assert class_cache_options(tmp_path / "cds", key) == ([], None)
+    assert not (tmp_path / "cds").exists()
+    options, partial = class_cache_options(tmp_path / "cds", key, write=True)
     assert options[0] == f"-XX:ArchiveClassesAtExit={partial}"
     assert partial.parent == tmp_path / "cds" and partial.name.endswith(".partial")
     # a half-written archive is never used: only the renamed, whole one
     partial.write_bytes(b"half")
-    options, _ = class_cache_options(tmp_path / "cds", key)
+    options, _ = class_cache_options(tmp_path / "cds", key, write=True)
     assert options[0].startswith("-XX:ArchiveClassesAtExit=")
     (tmp_path / "cds" / f"{key}.jsa").write_bytes(b"whole")
     options, partial = class_cache_options(tmp_path / "cds", key)
