@@ -606,7 +606,11 @@ class CategoryEncode(Aggregated, Op):
 
         p = self.params
         if p.split is not None:
-            return self._transform_lists(df)
+            udfs = {
+                o: _list_encoder(self.vocab_for(c), p.split, p.max_len)(F.col(c))
+                for c, o in zip(self.columns, self.out, strict=True)
+            }
+            return df.withColumns(udfs)
         spark = df.sparkSession
         small = {}
         for column, out in zip(self.columns, self.out, strict=True):
@@ -626,47 +630,6 @@ class CategoryEncode(Aggregated, Op):
             )
             df = df.withColumn(out, F.expr(index)).drop(v_col, i_col)
         return df.withColumns(small) if small else df
-
-    def _transform_lists(self, df: DataFrame) -> DataFrame:
-        """Delimited lists -> `max_len` indices (truncated, 0-padded), in Spark SQL.
-
-        Token k of every list is looked up with a (broadcast) join on the vocabulary, so no
-        Python runs in the tasks: a Python UDF's first use costs about 3 s per session here
-        (a Python worker and its imports), more than the whole lookup.
-        `Vocabulary.lookup_lists` is the same encoding for Arrow (the online path).
-        """
-        from pyspark.sql import functions as F
-
-        p = self.params
-        assert p.split is not None and p.max_len is not None
-        spark = df.sparkSession
-        token = {}  # (out, k) -> temporary column holding the list's k-th token (or null)
-        tokens = {}
-        for column, out in zip(self.columns, self.out, strict=True):
-            items = F.split(F.col(column).cast("string"), _regex_literal(p.split), -1)
-            for k in range(p.max_len):
-                token[out, k] = f"__{self.name}_{out}_token{k}"
-                tokens[token[out, k]] = F.get(items, k)
-        df = df.withColumns(tokens)
-        temporary = list(tokens)
-        outputs = {}
-        for column, out in zip(self.columns, self.out, strict=True):
-            vocab = self.vocab_for(column)
-            base = vocab.spark_frame(spark, "value", "index")
-            if len(vocab) <= BROADCAST_MAX_VALUES:
-                base = F.broadcast(base)
-            indices = []
-            for k in range(p.max_len):
-                t_col = token[out, k]
-                v_col, i_col = f"{t_col}_value", f"{t_col}_index"
-                df = df.join(base.toDF(v_col, i_col), F.col(t_col) == F.col(v_col), "left")
-                temporary += [v_col, i_col]
-                indices.append(
-                    f"CASE WHEN {ident(t_col)} IS NULL OR {ident(t_col)} = '' THEN {MISSING} "
-                    f"ELSE coalesce({ident(i_col)}, {UNKNOWN}) END"
-                )
-            outputs[out] = F.expr(f"array({', '.join(f'CAST({i} AS BIGINT)' for i in indices)})")
-        return df.withColumns(outputs).drop(*temporary)
 
     def _transform_arrow(self, table: pa.Table) -> pa.Table:
         p = self.params
@@ -719,6 +682,18 @@ CASE_MAX_VALUES = 16
 
 BROADCAST_MAX_VALUES = 2_000_000
 """Vocabularies up to this size are broadcast to every task for the join; bigger ones shuffle."""
+
+
+def _list_encoder(vocab: Vocabulary, sep: str, max_len: int):
+    """A Spark Arrow UDF running `Vocabulary.lookup_lists` (the same code serving runs)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    @F.arrow_udf(T.ArrayType(T.LongType(), containsNull=False))
+    def encode(values: pa.Array) -> pa.Array:
+        return vocab.lookup_lists(values, sep, max_len)
+
+    return encode
 
 
 # ----------------------------------------------------------------- hash and cross
