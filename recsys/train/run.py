@@ -193,20 +193,23 @@ def ensure_ray(address: str | None) -> None:
 
 
 @contextlib.contextmanager
-def _tail(path: Path, interval: float = 0.5) -> Iterator[None]:
-    """Log lines appended to `path` while the block runs (the workers' progress)."""
+def _tail(paths: list[Path], interval: float = 0.5) -> Iterator[None]:
+    """Log lines appended to `paths` while the block runs (the workers' progress), in the
+    order of `paths`: one reader, so a training's last lines come before the next one's."""
     stop = threading.Event()
 
     def follow() -> None:
-        position = 0
+        positions = dict.fromkeys(paths, 0)
         while True:
             finished = stop.wait(interval)
-            if path.exists():
+            for path in paths:
+                if not path.exists():
+                    continue
                 with path.open() as f:
-                    f.seek(position)
+                    f.seek(positions[path])
                     for line in f:
                         log.info(line.rstrip("\n"))
-                    position = f.tell()
+                    positions[path] = f.tell()
             if finished:
                 return
 
@@ -246,7 +249,5 @@ def run_ray(config: dict[str, Any], backend: DictConfig) -> None:
         ),
         resume_from_checkpoint=resume_from,
     )
-    with contextlib.ExitStack() as tails:
-        for job in jobs:
-            tails.enter_context(_tail(Path(job["run_dir"]) / "progress.log"))
+    with _tail([Path(job["run_dir"]) / "progress.log" for job in jobs]):
         trainer.fit()

@@ -147,3 +147,22 @@ def test_trainings_share_workers_only_with_the_same_ray_settings(data: Path) -> 
     assert not can_share_workers([cfg(), cfg()])  # the local backend
     assert not can_share_workers([cfg(*ray2), cfg("backend=ray", "backend.num_workers=1")])
     assert not can_share_workers([cfg(*ray2), cfg(*ray2, "resume=true")])
+
+
+def test_progress_of_trainings_in_one_worker_group_is_logged_in_their_order(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import time
+
+    from recsys.train.run import _tail
+
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    with caplog.at_level(logging.INFO, logger="recsys.train.run"), _tail([first, second], 0.2):
+        first.write_text("first: epoch 1\n")
+        time.sleep(0.5)
+        with first.open("a") as f:  # the test line lands just before the next training starts
+            f.write("first: test\n")
+        second.write_text("second: epoch 1\n")
+    lines = [r.getMessage() for r in caplog.records if r.name == "recsys.train.run"]
+    assert lines == ["first: epoch 1", "first: test", "second: epoch 1"]
