@@ -32,7 +32,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.cli import run_task
+from recsys.cli import run_main, run_task
 from recsys.config import CONF_DIR, register_configs
 from recsys.data.generator import (
     format_summary,
@@ -668,4 +668,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

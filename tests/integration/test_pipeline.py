@@ -151,8 +151,8 @@ def test_ctrl_c_leaves_no_partial_output_and_no_process(tmp_path: Path) -> None:
             children = _descendants(proc.pid)
             os.kill(proc.pid, signal.SIGINT)
             break
-    proc.communicate(timeout=120)
-    assert proc.returncode == 130, "".join(seen)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + (rest or "")
     assert _leftovers(work) == []
     assert (work / "recsys2021_wnd" / "feature_spec.json").is_file()  # finished stages stay
     assert not (work / "runs" / "ranker").exists()
