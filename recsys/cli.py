@@ -22,21 +22,6 @@ def _in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def run_main(main: Callable[[], None]) -> None:
-    """Call a Hydra entry point so that Ctrl-C exits with 130 wherever it lands.
-
-    `run_task` turns Ctrl-C during the task into exit code 130. Once in a CI run of the
-    pipeline's Ctrl-C test, a KeyboardInterrupt still escaped the task (exit -2, cause not
-    found; the test now prints the whole output); this also catches one raised in Hydra's
-    own set-up or teardown.
-    """
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
 def run_task(
     task: Callable[[DictConfig], T],
     cfg: DictConfig,

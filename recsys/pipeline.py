@@ -32,7 +32,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from recsys.cli import run_main, run_task
+from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
 from recsys.data.generator import (
     format_summary,
@@ -119,8 +119,20 @@ def reusable(state: PipelineState, name: str, key: str, outputs: list[Path]) -> 
     return saved if saved.get("key") == key else None
 
 
+def reused_record(
+    state: PipelineState, name: str, key: str, outputs: list[Path]
+) -> StageRecord | None:
+    """The earlier record of this step when `resume` allows reusing it (its key is kept)."""
+    earlier = reusable(state, name, key, outputs)
+    if earlier is None:
+        return None
+    state.keys[name] = key
+    return StageRecord(**{**earlier["record"], "reused": True})
+
+
 def mark_done(state: PipelineState, name: str, key: str, record: StageRecord) -> None:
     write_json_atomic(marker_path(state, name), {"key": key, "record": asdict(record)})
+    state.keys[name] = key
 
 
 def run_or_reuse(
@@ -131,16 +143,12 @@ def run_or_reuse(
     run: Callable[[], StageRecord],
 ) -> StageRecord:
     """An earlier record of this step when `resume` allows it, else `run()` and mark it done."""
-    earlier = reusable(state, name, key, outputs)
-    if earlier is not None:
-        record = StageRecord(**earlier["record"])
-        record.reused = True
-    else:
+    record = reused_record(state, name, key, outputs)
+    if record is None:
         t = time.perf_counter()
         record = run()
         record.seconds = round(time.perf_counter() - t, 1)
         mark_done(state, name, key, record)
-    state.keys[name] = key
     return record
 
 
@@ -332,7 +340,6 @@ def _run_trainings(state: PipelineState, trainings: list[Training]) -> list[Stag
             {"result": result, "run_dir": str(training.out), "model": training.model},
         )
         mark_done(state, training.name, training.key, record)
-        state.keys[training.name] = training.key
         records.append(record)
     return records
 
@@ -379,12 +386,11 @@ def stage_train(state: PipelineState) -> StageRecord:
     records: dict[str, StageRecord] = {}
     pending = []
     for training in trainings:
-        earlier = reusable(state, training.name, training.key, [training.out / "result.json"])
-        if earlier is None:
+        record = reused_record(state, training.name, training.key, [training.out / "result.json"])
+        if record is None:
             pending.append(training)
-            continue
-        records[training.role] = StageRecord(**{**earlier["record"], "reused": True})
-        state.keys[training.name] = training.key
+        else:
+            records[training.role] = record
     if pending:
         for training, record in zip(pending, _run_trainings(state, pending), strict=True):
             records[training.role] = record
@@ -668,4 +674,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main)
+    main()
