@@ -88,6 +88,7 @@ SERVICE_NAMES = {
     "feature": feature_pb2.DESCRIPTOR.services_by_name["Feature"].full_name,
     "admin": admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 }
+DEADLINE_SLACK_S = 0.05  # gRPC's clock and ours may disagree by a few ms at the deadline
 RELOAD_BUDGET_S = 600.0  # a reload loads and warms a whole bundle: not bound by deadline_ms
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -377,6 +378,7 @@ class ServingApp:
         self.metrics.in_flight.set(self.in_flight)
         t0 = time.perf_counter()
         code, message = grpc.StatusCode.OK, ""
+        deadline = float("inf")
         try:
             limit = budget if budget is not None else s.deadline_ms / 1e3
             remaining = context.time_remaining()
@@ -402,7 +404,10 @@ class ServingApp:
         except UpstreamError as e:
             code, message = e.code, str(e)
         except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
+            # gRPC cancels the handler itself when the client's deadline passes, which can
+            # come just before our own wait_for timeout: that is still an expired call
+            expired = time.monotonic() >= deadline - DEADLINE_SLACK_S
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
             raise
         except Exception as e:  # a bug must fail its call, never the server
             log.exception("%s failed", method)

@@ -102,7 +102,13 @@ def test_expired_calls_are_cancelled_on_the_server(server: ServerHandle, slow: S
             metric._value.get() < before + 1 or server.app.in_flight
         ):
             time.sleep(0.05)
-        assert metric._value.get() == before + 1
+        counts = {
+            s.labels["code"]: s.value
+            for m in server.app.metrics.requests.collect()
+            for s in m.samples
+            if s.name.endswith("_total") and s.labels["method"] == "Recommend"
+        }
+        assert metric._value.get() == before + 1, counts
         assert server.app.in_flight == 0
     finally:
         slow.seconds = 0.0
