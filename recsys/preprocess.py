@@ -185,7 +185,7 @@ def _run(
         if part is None:
             frames[name] = None
             continue
-        df = read_part(spark, part.path, dataset)
+        df = read_part(spark, part.path, dataset, part.schema)
         missing = [c for c in inputs.needed if c not in df.columns]
         if missing:
             raise MissingColumnError(

@@ -92,15 +92,22 @@ class PartInfo:
     path: str
     rows: int | None  # from the parquet footers (local parquet), else unknown
     bytes: int  # size on disk (0 when not local)
+    # the needed columns' types when every footer agrees on them (local parquet): Spark
+    # then reads with this schema instead of running jobs to infer one
+    schema: pa.Schema | None = None
 
 
-def check_parquet_files(path: str, declared: Mapping[str, str], needed: list[str]) -> int:
+def check_parquet_files(
+    path: str, declared: Mapping[str, str], needed: list[str]
+) -> tuple[int, pa.Schema | None]:
     """Read every parquet footer under a local `path`: readable, one schema, holding the
-    `needed` columns with types readable as declared. Returns the row count."""
+    `needed` columns with types readable as declared. Returns the row count and the needed
+    columns' schema if every file has the same one of plain types (`known_schema`)."""
     files = data_files(path, "parquet")
     if not files:
         raise FeatureError(f"input {path} holds no parquet files (empty input)")
     rows = 0
+    schemas = set()
     for file in files:
         try:
             meta = pq.read_metadata(file)
@@ -112,7 +119,21 @@ def check_parquet_files(path: str, declared: Mapping[str, str], needed: list[str
         for name in needed:
             check_arrow_type(name, declared.get(name), schema.field(name).type)
         rows += meta.num_rows
-    return rows
+        schemas.add(pa.schema([pa.field(n, schema.field(n).type) for n in needed]))
+    return rows, known_schema(schemas.pop()) if len(schemas) == 1 else None
+
+
+PLAIN_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_signed_integer,
+               pa.types.is_floating, pa.types.is_boolean)  # fmt: skip
+
+
+def known_schema(schema: pa.Schema) -> pa.Schema | None:
+    """`schema` if Spark would infer exactly its types from the file (strings, signed
+    integers, floats, booleans), else None (timestamps, decimals, nested types: let Spark
+    infer them)."""
+    if all(any(is_type(f.type) for is_type in PLAIN_TYPES) for f in schema):
+        return schema
+    return None
 
 
 def inspect_part(path: str, dataset: Mapping[str, Any], needed: list[str]) -> PartInfo:
@@ -124,15 +145,16 @@ def inspect_part(path: str, dataset: Mapping[str, Any], needed: list[str]) -> Pa
     check_declared(declared)
     if not is_local(path):
         return PartInfo(path, None, 0)
+    schema = None
     if fmt == "parquet":
-        rows = check_parquet_files(path, declared, needed)
+        rows, schema = check_parquet_files(path, declared, needed)
     else:
         if not declared:
             raise FeatureError("dataset.columns must declare the CSV columns in file order")
         if not data_files(path, "csv"):
             raise FeatureError(f"input {path} holds no files (empty input)")
         rows = None
-    return PartInfo(path, rows, sum(f.stat().st_size for f in data_files(path, fmt)))
+    return PartInfo(path, rows, sum(f.stat().st_size for f in data_files(path, fmt)), schema)
 
 
 def spark_schema(columns: Mapping[str, str]):
@@ -147,10 +169,17 @@ def spark_schema(columns: Mapping[str, str]):
     return T.StructType([T.StructField(name, types[t]) for name, t in columns.items()])
 
 
-def read_part(spark: SparkSession, path: str, dataset: Mapping[str, Any]) -> DataFrame:
-    """One part as a Spark DataFrame (lazy; `inspect_part` has checked what it can)."""
+def read_part(
+    spark: SparkSession, path: str, dataset: Mapping[str, Any], schema: pa.Schema | None = None
+) -> DataFrame:
+    """One part as a Spark DataFrame (lazy; `inspect_part` has checked what it can). A known
+    parquet `schema` (the columns to read) spares Spark's schema inference jobs."""
     with spark_errors(f"input {path}"):
         if dataset.get("format", "parquet") == "parquet":
+            if schema is not None:
+                from pyspark.sql.pandas.types import from_arrow_schema
+
+                return spark.read.schema(from_arrow_schema(schema)).parquet(path)
             return spark.read.parquet(path)
         return spark.read.csv(
             path,

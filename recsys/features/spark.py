@@ -216,6 +216,8 @@ def spark_settings(cfg: Mapping[str, Any], class_cache: list[str] = ()) -> dict[
         "spark.ui.showConsoleProgress": "false",
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
+        # Python workers import the installed pyspark (compiled) rather than Spark's zip copy
+        "spark.python.daemon.module": "recsys.features.python_daemon",
     }
     if master.startswith("local"):
         # one machine: bind to loopback, no network interface lookups

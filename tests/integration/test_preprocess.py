@@ -13,6 +13,7 @@ import pytest
 from recsys.features.columns import ColumnTypeError, FeatureError, MissingColumnError
 from recsys.features.feature_spec import FeatureSpec
 from recsys.features.pipeline import FeaturePipeline
+from recsys.features.source import check_parquet_files, read_part
 from recsys.preprocess import build_pipeline, preprocess
 from tests.conftest import CRITEO_SAMPLE, REPO, compose_preprocess
 
@@ -51,6 +52,17 @@ def wnd_out(spark, recsys_raw: Path, tmp_path_factory: pytest.TempPathFactory) -
     summary, out = _run(spark, tmp_path_factory.mktemp("wnd"), recsys_raw)
     assert summary.rows["train"] > 0
     return out
+
+
+def test_a_known_schema_reads_what_spark_would_infer(spark, recsys_raw: Path) -> None:
+    needed = ["hashtags", "tweet_timestamp", "enaging_user_is_verified", "like_timestamp"]
+    rows, schema = check_parquet_files(str(recsys_raw / "train"), {}, needed)
+    assert schema is not None
+    given = read_part(spark, str(recsys_raw / "train"), {}, schema)
+    inferred = read_part(spark, str(recsys_raw / "train"), {}).select(*needed)
+    assert given.schema == inferred.schema
+    assert sorted(map(repr, given.collect())) == sorted(map(repr, inferred.collect()))
+    assert given.count() == rows
 
 
 def test_wnd_writes_the_complete_layout(wnd_out: Path, recsys_raw: Path) -> None:

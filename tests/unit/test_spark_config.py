@@ -27,6 +27,7 @@ def test_settings_follow_the_config() -> None:
     assert s["spark.ui.showConsoleProgress"] == "false"
     assert s["spark.ui.enabled"] == "false"
     assert s["spark.pyspark.python"] == sys.executable
+    assert s["spark.python.daemon.module"] == "recsys.features.python_daemon"
     assert s["spark.driver.host"] == "127.0.0.1"
     assert "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED" in s["spark.driver.extraJavaOptions"]
     assert "log4j2.configurationFile=" in s["spark.driver.extraJavaOptions"]
