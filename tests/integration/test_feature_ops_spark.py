@@ -231,3 +231,33 @@ def test_time_split_puts_the_latest_rows_last(spark) -> None:
     assert len(train) + len(valid) + len(test) == 1000
     assert train.max() < valid.min() and valid.max() < test.min()
     assert [len(train), len(valid), len(test)] == pytest.approx([700, 200, 100], abs=5)
+
+
+def test_pipeline_fit_stops_after_the_last_step_that_learns(spark, monkeypatch) -> None:
+    from recsys.features.ops import Op
+    from recsys.features.pipeline import FeaturePipeline
+
+    steps = {
+        "fill": {"op": "fill", "columns": ["v"], "value": "z"},
+        "codes": {"op": "category", "columns": ["v"], "out": ["code"]},
+        "hashed": {"op": "hash", "columns": ["v"], "buckets": 10, "out": ["h"]},
+    }
+    config = {"name": "t", "steps": steps, "outputs": {"code": {}, "h": {}}}
+    pipeline = FeaturePipeline.from_config(config, {"v": "string"})
+    transformed: list[str] = []
+    original = Op.transform_train
+
+    def spy(self, df):
+        transformed.append(self.name)
+        return original(self, df)
+
+    monkeypatch.setattr(Op, "transform_train", spy)
+    train = _frame(spark, {"v": ["a", "b", "b", None]})
+    pipeline.fit(train)
+    # the category step learned from the filled rows; nothing after it needed them
+    assert pipeline.fitted
+    assert pipeline.steps[1].vocabs["v"].values.to_pylist() == ["b", "a", "z"]
+    assert transformed == []
+    out = pipeline.transform(_frame(spark, {"v": ["b", None, "q"]})).toArrow()
+    assert out["code"].to_pylist() == [2, 4, 1]
+    assert transformed == []  # transform (not transform_train) on non-training rows
