@@ -318,6 +318,9 @@ def test_cli_writes_output_and_refuses_to_overwrite(recsys_raw: Path, tmp_path: 
     first = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr
     assert "preprocessed" in first.stdout + first.stderr
+    # the JVM's start-up warnings (Spark 4 adds an incubator module) go to the run's log only
+    assert "jdk.incubator.vector" not in first.stdout + first.stderr
+    assert "jdk.incubator.vector" in (tmp_path / "run" / "preprocess.log").read_text()
     assert (out / "feature_spec.json").is_file() and not (out / "user_features").exists()
     assert (tmp_path / "run" / "run_info.json").is_file()
     # the first run leaves a whole class archive for the next ones, and nothing half-written
@@ -327,3 +330,16 @@ def test_cli_writes_output_and_refuses_to_overwrite(recsys_raw: Path, tmp_path: 
     assert second.stderr.strip().splitlines() == [
         f"error: output {out} already exists; pass overwrite=true to replace it"
     ]
+
+
+def test_a_jvm_that_cannot_start_points_to_its_output(recsys_raw: Path, tmp_path: Path) -> None:
+    out, run = tmp_path / "out", tmp_path / "run"
+    args = [sys.executable, "-m", "recsys.preprocess", f"data={recsys_raw}", f"out={out}",
+            "spark.jvm_options=-Xmx1q", f"hydra.run.dir={run}"]  # fmt: skip
+    proc = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"the JVM's output is in {run / 'preprocess.log'}" in proc.stderr
+    # Spark's launcher refuses the option, and says so in the log, not on the terminal
+    assert "Not allowed to specify max heap" in (run / "preprocess.log").read_text()
+    assert "Not allowed" not in proc.stderr
+    assert not out.exists()
