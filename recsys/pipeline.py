@@ -41,7 +41,7 @@ from recsys.data.generator import (
     settings_from_dataset,
 )
 from recsys.errors import RecsysError
-from recsys.provenance import temp_dir_for, write_json_atomic
+from recsys.provenance import run_log_file, temp_dir_for, write_json_atomic
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -219,11 +219,12 @@ def stage_generate(state: PipelineState) -> StageRecord:
 
 def _spark(state: PipelineState, cfg: DictConfig) -> Any:
     if state.spark is None:
-        from recsys.features.spark import build_spark, child_output_to
+        from recsys.features.spark import build_spark
 
         # the JVM's warnings and console log go to the run's log file, not the terminal
-        with child_output_to(state.run_dir / f"{state.cfg.task_name}.log"):
-            state.spark = build_spark(OmegaConf.to_container(cfg.spark, resolve=True))
+        state.spark = build_spark(
+            OmegaConf.to_container(cfg.spark, resolve=True), jvm_log=run_log_file()
+        )
     return state.spark
 
 

@@ -17,7 +17,6 @@ so `out` is either complete or absent. docs/features.md describes the configs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
 import time
@@ -43,9 +42,7 @@ from recsys.features.source import (
     spark_errors,
 )
 from recsys.features.spark import (
-    SparkSetupError,
     build_spark,
-    child_output_to,
     kill_spark,
     plain_sigint,
     set_shuffle_partitions,
@@ -53,7 +50,7 @@ from recsys.features.spark import (
 )
 from recsys.features.split import check_fractions, split_frame
 from recsys.features.tables import TABLE_COLUMN, finish_table, latest_rows, table_specs
-from recsys.provenance import swap_in, write_json_atomic
+from recsys.provenance import run_log_file, swap_in, write_json_atomic
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -105,11 +102,9 @@ def check_preprocess(cfg: DictConfig) -> None:
         raise FeatureError(f"output {out} already exists; pass overwrite=true to replace it")
 
 
-def preprocess(
-    cfg: DictConfig, spark: SparkSession | None = None, jvm_log: Path | None = None
-) -> PreprocessSummary:
-    """Run the whole job; reuse `spark` if given (tests), else build and stop one (its
-    JVM's console output going to `jvm_log` when given)."""
+def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> PreprocessSummary:
+    """Run the whole job; reuse `spark` if given (tests), else build and stop one (its JVM's
+    console output going to the run's log file inside a Hydra app)."""
     t0 = time.perf_counter()
     check_preprocess(cfg)
     pipeline = build_pipeline(cfg)
@@ -117,15 +112,10 @@ def preprocess(
     own_spark = spark is None
     if own_spark:
         try:
-            with child_output_to(jvm_log) if jvm_log else contextlib.nullcontext():
-                spark = build_spark(_container(cfg.spark))
+            spark = build_spark(_container(cfg.spark), jvm_log=run_log_file())
         except KeyboardInterrupt:
             kill_spark()
             raise
-        except SparkSetupError as e:
-            if jvm_log is None:
-                raise
-            raise SparkSetupError(f"{e} (the JVM's output is in {jvm_log})") from e
     stages = {"spark_start": round(time.perf_counter() - t0, 2)}
     out = Path(cfg.out)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -320,12 +310,7 @@ def format_summary(summary: PreprocessSummary) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="preprocess")
 def main(cfg: DictConfig) -> None:
-    from hydra.core.hydra_config import HydraConfig
-
-    # the JVM's start-up warnings and log go to the run's log file, not the terminal
-    run = HydraConfig.get()
-    jvm_log = Path(run.runtime.output_dir) / f"{run.job.name}.log"
-    run_task(lambda c: preprocess(c, jvm_log=jvm_log), cfg, check=check_preprocess)
+    run_task(preprocess, cfg, check=check_preprocess)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,16 @@ def record_run(cfg: DictConfig, output_dir: str | Path | None = None) -> Path:
     return out
 
 
+def run_log_file() -> Path | None:
+    """The run's log file inside a Hydra app (`<run dir>/<task>.log`, conf/hydra), else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir) / f"{hc.job.name}.log"
+
+
 def swap_in(tmp: Path, out: Path) -> None:
     """Replace `out` by `tmp` with renames only, so `out` is always whole or absent."""
     old = None

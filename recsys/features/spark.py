@@ -228,8 +228,12 @@ def spark_settings(cfg: Mapping[str, Any], class_cache: list[str] = ()) -> dict[
     return settings
 
 
-def build_spark(cfg: Mapping[str, Any]) -> SparkSession:
+def build_spark(cfg: Mapping[str, Any], jvm_log: Path | None = None) -> SparkSession:
     """A SparkSession from the `spark` config node (master, driver_memory, ... conf).
+
+    With `jvm_log` (a run's log file), the JVM's console output (start-up warnings, its
+    log, launcher errors) goes there instead of the terminal, and a JVM that cannot start
+    names that file in the error.
 
     With `class_cache_write: true`, stop it with `stop_spark` so that the class archive the
     run writes is put in place.
@@ -255,9 +259,11 @@ def build_spark(cfg: Mapping[str, Any]) -> SparkSession:
     for key, value in settings.items():
         builder = builder.config(key, value)
     try:
-        spark = builder.getOrCreate()
+        with child_output_to(jvm_log) if jvm_log else contextlib.nullcontext():
+            spark = builder.getOrCreate()
     except Exception as e:  # py4j / JVM start-up failures
-        raise SparkSetupError(f"Spark failed to start: {e}") from e
+        where = f" (the JVM's output is in {jvm_log})" if jvm_log else ""
+        raise SparkSetupError(f"Spark failed to start: {e}{where}") from e
     plain_sigint()
     spark.sparkContext.setLogLevel(str(cfg.get("log_level") or "WARN").upper())
     log.debug("spark %s on %s", spark.version, settings["spark.master"])
