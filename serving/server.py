@@ -155,8 +155,10 @@ def validate(s: ServeConfig) -> None:
     ):
         if getattr(s, key) < 1:
             raise ServeConfigError(f"{key} must be >= 1, got {getattr(s, key)}")
-    if s.warmup_requests < 0 or s.grace_seconds < 0:
-        raise ServeConfigError("warmup_requests and grace_seconds must be >= 0")
+    if s.warmup_requests < 0 or s.grace_seconds < 0 or s.user_vector_table_mb < 0:
+        raise ServeConfigError(
+            "warmup_requests, grace_seconds and user_vector_table_mb must be >= 0"
+        )
     if s.candidate_count > s.max_candidates:
         raise ServeConfigError("candidate_count must be <= max_candidates")
     if s.torch_threads is not None and s.torch_threads < 1:

@@ -410,6 +410,7 @@ class ServeConfig:
     workers: int = 2
     torch_threads: int | None = None
     faiss_threads: int = 1
+    user_vector_table_mb: float = 512.0
     max_rank_batch: int = 8192
     warmup_requests: int = 3
     grace_seconds: float = 5.0

@@ -414,3 +414,33 @@ def test_odd_requests_never_fail_inside_the_server(
     assert answers[2].items == [] and not answers[2].fallback
     assert len(answers[3].items) == len(answers[4].items) == 5
     assert len(client.recommend(user, k=3).items) == 3
+
+
+def test_user_vector_table_holds_what_the_tower_computes_per_request(serving_bundle: Path) -> None:
+    from serving.model import ServingModel
+
+    def load(**keys: object) -> ServingModel:
+        return ServingModel.load(serving_bundle, settings_from({"warmup_requests": 0, **keys}))
+
+    table, per_request, too_small = load(), load(user_vector_table_mb=0), None
+    too_small = load(user_vector_table_mb=0.001)  # 240 users x D floats do not fit in 1 KiB
+    try:
+        assert table.user_vectors is not None
+        assert per_request.user_vectors is None and too_small.user_vectors is None
+        users = table.bundle.retrieval_features.users["user_raw"].to_pylist()
+        assert len(table.user_vector_rows) == len(users) == table.users
+        for user in users:
+            looked_up, _ = table.user_vector(user)
+            computed, _ = per_request.user_vector(user)
+            assert looked_up is not None and computed is not None, user
+            np.testing.assert_allclose(looked_up, computed, rtol=1e-5, atol=1e-6, err_msg=user)
+        assert table.user_vector("stranger")[0] is None
+        user = users[0]
+        assert table.recall(user, None, 20, set()).item_ids == (
+            per_request.recall(user, None, 20, set()).item_ids
+        )
+        table.user_vectors[table.user_vector_rows[user]] = 7.0  # the lookup reads the table
+        assert (table.user_vector(user)[0] == 7.0).all()
+    finally:
+        for model in (table, per_request, too_small):
+            model.close()
