@@ -1,21 +1,34 @@
-"""The ranker runs on one thread; concurrent requests' candidates share its forward passes.
+"""Ranker forward passes on `threads` forward threads, shared by concurrent requests.
 
-A request's C candidate rows are queued; the ranker thread takes everything queued (up to
-`max_rows`), concatenates the tensors, runs one forward pass and hands each request its slice.
-Nothing waits for a batch to fill: at concurrency 1 a request runs alone, under load the
-passes grow, and a matrix multiply over 1,600 rows does more work per second than eight
-over 200. Work whose deadline passed or whose caller went away is dropped before it runs.
+Requests' candidate rows are queued; a forward thread takes what is queued (up to `max_rows`
+rows), concatenates the tensors, runs one forward pass and hands each request its slice.
+Nothing waits for a batch to fill. A request that arrives while every forward thread is idle
+and nothing is queued is split into one part per thread (parts of at least `MIN_PART_ROWS`
+rows), so a lone request uses every core; under load requests stay whole and the threads
+run different requests side by side. Work whose deadline passed or whose caller went away is
+dropped before it runs.
 
-`score_inline` lets a worker thread that has just prepared a request run its forward pass
-itself when the ranker is idle and nothing is queued: a lone request then skips a hand-off to
-the ranker thread (on a loaded machine each wake-up of another thread can cost a time slice).
-A lock keeps forward passes one at a time either way, so they never compete for the cores.
+Why several forward threads with one intra-op thread each, rather than one forward thread
+with OpenMP parallelism across the cores: the cores also serve gRPC, feature lookups and
+Faiss, and an OpenMP team stalls at every barrier whenever the scheduler preempts one of its
+threads (its other threads spin meanwhile), while independent passes lose only their own
+time slice. Measured here with nothing else running, two single-threaded passes of 400-1,000
+rows ranked 218-266 requests/s of 200 candidates, one 2-thread pass 141-150 at 200 rows and
+177-214 at 1,000-2,000 rows (docs/serving.md). `threads=1` keeps one forward thread, whose
+passes use the process's `torch_threads`.
+
+`score_inline` lets a worker thread that has just prepared a request take part in its
+forward pass when every forward thread is idle and nothing is queued (its first part runs on
+the worker, the others on forward threads): a lone request then skips a hand-off back to the
+event loop and on to a forward thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import itertools
 import logging
 import queue
 import threading
@@ -30,6 +43,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
+MIN_PART_ROWS = 32  # a request is not split into parts smaller than this
+
 
 class DeadlineExpired(TimeoutError):
     """The request's deadline passed before its turn came."""
@@ -40,15 +55,21 @@ class _Job:
     model: Any  # ServingModel; `score(batch) -> np.ndarray`
     batch: dict[str, Tensor]
     rows: int
-    future: asyncio.Future[np.ndarray]
-    loop: asyncio.AbstractEventLoop
     deadline: float  # time.monotonic()
+    abandoned: Callable[[], bool]  # the caller went away (cancelled, deadline)
+    deliver: Callable[[Any, BaseException | None], None]  # scores or an error, any thread
+    part: bool = False  # one of a split request's parts
 
 
-def _post(job: _Job, value: Any, error: BaseException | None) -> None:
-    # a closed loop raises RuntimeError: its caller is gone, nobody waits for the answer
-    with contextlib.suppress(RuntimeError):
-        job.loop.call_soon_threadsafe(_resolve, job.future, value, error)
+def _to_loop(
+    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
+) -> Callable[[Any, BaseException | None], None]:
+    def deliver(value: Any, error: BaseException | None) -> None:
+        # a closed loop raises RuntimeError: its caller is gone, nobody waits for the answer
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_resolve, future, value, error)
+
+    return deliver
 
 
 def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
@@ -60,68 +81,148 @@ def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | Non
         future.set_result(value)
 
 
+Deliver = Callable[[Any, BaseException | None], None]
+
+
+def _to_thread(future: concurrent.futures.Future[Any]) -> Deliver:
+    def deliver(value: Any, error: BaseException | None) -> None:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    return deliver
+
+
+def _rows(batch: dict[str, Tensor]) -> int:
+    return len(next(iter(batch.values())))
+
+
 class RankBatcher:
-    def __init__(self, max_rows: int, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, max_rows: int, on_batch: Callable[[int], None] | None = None, threads: int = 1
+    ) -> None:
         self.max_rows = max_rows
+        self.threads = threads
         self._on_batch = on_batch
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._busy = threading.Lock()  # held during every forward pass
-        self._thread = threading.Thread(target=self._run, name="recsys-ranker", daemon=True)
-        self._thread.start()
+        self._busy = threading.Lock()  # threads == 1: held during every forward pass
+        self._state = threading.Lock()
+        self._running = 0  # forward passes in progress, inline ones included
+        self._workers = [
+            threading.Thread(target=self._run, name=f"recsys-ranker-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def _idle(self) -> bool:
+        with self._state:
+            return not self._running and self._queue.empty()
+
+    def _parts(self, batch: dict[str, Tensor]) -> list[tuple[dict[str, Tensor], int]]:
+        rows = _rows(batch)
+        count = min(self.threads, max(1, rows // MIN_PART_ROWS))
+        if count == 1:
+            return [(batch, rows)]
+        bounds = np.linspace(0, rows, count + 1).astype(int).tolist()
+        return [
+            ({k: v[lo:hi] for k, v in batch.items()}, hi - lo)
+            for lo, hi in itertools.pairwise(bounds)
+        ]
 
     async def score(self, model: Any, batch: dict[str, Tensor], deadline: float) -> np.ndarray:
         """Logits for `batch`'s rows (`deadline` on time.monotonic())."""
-        rows = len(next(iter(batch.values())))
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._queue.put(_Job(model, batch, rows, future, loop, deadline))
-        return await future
+        futures: list[asyncio.Future[np.ndarray]] = []
+        parts = self._parts(batch) if self._idle() else [(batch, _rows(batch))]
+        for part, rows in parts:
+            future: asyncio.Future[np.ndarray] = loop.create_future()
+            deliver = _to_loop(loop, future)
+            self._queue.put(_Job(model, part, rows, deadline, future.done, deliver, len(parts) > 1))
+            futures.append(future)
+        if len(futures) == 1:
+            return await futures[0]
+        return np.concatenate(await asyncio.gather(*futures))
 
     def score_inline(self, model: Any, batch: dict[str, Tensor]) -> np.ndarray | None:
-        """Logits computed on the calling thread if the ranker is idle with nothing queued;
-        None otherwise (then queue the work with `score`)."""
-        if not self._queue.empty() or not self._busy.acquire(blocking=False):
-            return None
+        """Logits computed with the calling thread's help if every forward thread is idle
+        with nothing queued; None otherwise (then queue the work with `score`)."""
+        with self._state:
+            if self._running or not self._queue.empty():
+                return None
+            self._running += 1
         try:
-            scores = model.score(batch)
+            if self.threads == 1:
+                if not self._busy.acquire(blocking=False):
+                    return None
+                try:
+                    scores = model.score(batch)
+                finally:
+                    self._busy.release()
+                self._count(len(scores))
+                return scores
+            (first, _), *others = self._parts(batch)
+            waiting = []
+            for part, rows in others:
+                future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
+                deliver = _to_thread(future)
+                self._queue.put(_Job(model, part, rows, float("inf"), lambda: False, deliver, True))
+                waiting.append(future)
+            head = model.score(first)
+            self._count(len(head))
+            return np.concatenate([head, *(f.result() for f in waiting)])
         finally:
-            self._busy.release()
-        if self._on_batch is not None:
-            self._on_batch(len(scores))
-        return scores
+            with self._state:
+                self._running -= 1
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            worker.join()
+
+    def _count(self, rows: int) -> None:
+        if self._on_batch is not None:
+            self._on_batch(rows)
 
     def _run(self) -> None:
+        held: _Job | None = None  # taken from the queue but left for the next pass
+        stop = False  # close() was taken from the queue while draining
         while True:
-            job = self._queue.get()
+            if held is not None:
+                job, held = held, None
+            elif stop:
+                return
+            else:
+                job = self._queue.get()
             if job is None:
                 return
-            jobs, rows, stop = [job], job.rows, False
-            while rows < self.max_rows:
+            jobs, rows = [job], job.rows
+            # a part of a split request runs alone: its siblings go to the other threads
+            while not job.part and rows < self.max_rows:
                 try:
                     more = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if more is None:
+                if more is None:  # close(): finish what this thread holds first
                     stop = True
+                    break
+                if more.part:
+                    held = more
                     break
                 jobs.append(more)
                 rows += more.rows
             self._run_jobs(jobs)
-            if stop:
-                return
 
     def _run_jobs(self, jobs: list[_Job]) -> None:
         now = time.monotonic()
         live = []
         for job in jobs:
-            if job.future.done():  # cancelled by the caller (deadline, disconnect)
+            if job.abandoned():  # cancelled by the caller (deadline, disconnect)
                 continue
             if now >= job.deadline:
-                _post(job, None, DeadlineExpired("deadline passed before ranking"))
+                job.deliver(None, DeadlineExpired("deadline passed before ranking"))
                 continue
             live.append(job)
         by_model: dict[int, list[_Job]] = {}
@@ -133,16 +234,24 @@ class RankBatcher:
                     batch = group[0].batch
                 else:
                     batch = {k: torch.cat([j.batch[k] for j in group]) for k in group[0].batch}
-                with self._busy:
-                    scores = group[0].model.score(batch)
-                if self._on_batch is not None:
-                    self._on_batch(len(scores))
+                with self._state:
+                    self._running += 1
+                try:
+                    if self.threads == 1:
+                        with self._busy:
+                            scores = group[0].model.score(batch)
+                    else:
+                        scores = group[0].model.score(batch)
+                finally:
+                    with self._state:
+                        self._running -= 1
+                self._count(len(scores))
                 start = 0
                 for job in group:
                     part = scores[start : start + job.rows]
                     start += job.rows
-                    _post(job, part, None)
+                    job.deliver(part, None)
             except Exception as e:  # a bad batch fails its requests, never the thread
                 log.exception("ranker forward failed")
                 for job in group:
-                    _post(job, None, e)
+                    job.deliver(None, e)

@@ -161,8 +161,9 @@ def validate(s: ServeConfig) -> None:
         )
     if s.candidate_count > s.max_candidates:
         raise ServeConfigError("candidate_count must be <= max_candidates")
-    if s.torch_threads is not None and s.torch_threads < 1:
-        raise ServeConfigError(f"torch_threads must be >= 1 or null, got {s.torch_threads}")
+    for key in ("torch_threads", "ranker_threads"):
+        if getattr(s, key) is not None and getattr(s, key) < 1:
+            raise ServeConfigError(f"{key} must be >= 1 or null, got {getattr(s, key)}")
     if bool(s.tls.cert) != bool(s.tls.key) or (s.tls.client_ca and not s.tls.cert):
         raise ServeConfigError("tls: set cert and key together (client_ca needs both)")
     for key in ("cert", "key", "client_ca"):
@@ -201,11 +202,14 @@ class ServingApp:
     async def start(self) -> dict[str, int]:
         """Bind every port and answer health (NOT_SERVING) and reflection; no bundle yet."""
         s = self.settings
-        torch.set_num_threads(s.torch_threads or os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+        ranker_threads = s.ranker_threads or cpus
+        # set once, before any thread of ours exists: every thread starts with this count
+        torch.set_num_threads(s.torch_threads or max(1, cpus // ranker_threads))
         faiss.omp_set_num_threads(s.faiss_threads)
         self.runtime = Runtime(
             ThreadPoolExecutor(s.workers, thread_name_prefix="recsys-worker"),
-            RankBatcher(s.max_rank_batch, self.metrics.batch_rows.observe),
+            RankBatcher(s.max_rank_batch, self.metrics.batch_rows.observe, ranker_threads),
             self.metrics,
         )
         self._reload_lock = asyncio.Lock()

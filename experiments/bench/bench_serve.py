@@ -172,7 +172,7 @@ def start_server(
         f"bundle={bundle}",
         f"port={port}",
         "metrics_port=null",
-        f"torch_threads={threads}",
+        f"ranker_threads={threads}",
         f"workers={workers}",
         f"candidate_count={CANDIDATES}",
         "max_concurrent=256",

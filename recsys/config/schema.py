@@ -409,9 +409,10 @@ class ServeConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     workers: int = 2
     torch_threads: int | None = None
+    ranker_threads: int | None = None
     faiss_threads: int = 1
     user_vector_table_mb: float = 512.0
-    max_rank_batch: int = 8192
+    max_rank_batch: int = 512
     warmup_requests: int = 3
     grace_seconds: float = 5.0
     metrics_port: int | None = 9464

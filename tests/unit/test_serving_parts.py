@@ -229,3 +229,95 @@ def test_inline_forward_runs_when_idle_and_never_beside_another() -> None:
         assert r is None or r.tolist() == [float(i)] * 3
     for i, r in enumerate(queued):
         assert r.tolist() == [float(i)] * 2
+
+
+class ThreadsModel(FakeModel):
+    """Records which thread ran each forward pass and how many rows it had."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes: list[tuple[str, int]] = []
+
+    def score(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        self.passes.append((threading.current_thread().name, len(batch["x"])))
+        return super().score(batch)
+
+
+def test_two_forward_threads_split_a_lone_request_and_keep_requests_whole_under_load() -> None:
+    model = ThreadsModel()
+    batcher = RankBatcher(max_rows=250, threads=2)
+
+    async def lone() -> np.ndarray:
+        return await batcher.score(model, {"x": torch.arange(200.0)}, time.monotonic() + 10)
+
+    async def crowd() -> list[np.ndarray]:
+        deadline = time.monotonic() + 10
+        return await asyncio.gather(
+            *(
+                batcher.score(model, {"x": torch.arange(i * 1000.0, i * 1000.0 + 100)}, deadline)
+                for i in range(8)
+            )
+        )
+
+    try:
+        np.testing.assert_array_equal(asyncio.run(lone()), np.arange(200.0))
+        split = list(model.passes)
+        model.passes.clear()
+        results = asyncio.run(crowd())
+    finally:
+        batcher.close()
+    # the lone request: two halves, one on each forward thread
+    assert sorted(rows for _, rows in split) == [100, 100]
+    assert {name for name, _ in split} == {"recsys-ranker-0", "recsys-ranker-1"}
+    for i, scores in enumerate(results):
+        np.testing.assert_array_equal(scores, np.arange(i * 1000.0, i * 1000.0 + 100))
+    # under load: whole requests (the first may have been split), passes of at most 250+ rows
+    assert sum(rows for _, rows in model.passes) == 800
+    assert all(rows % 100 == 0 or rows % 50 == 0 for _, rows in model.passes)
+    assert len(model.passes) < 9
+    assert {name for name, _ in model.passes} == {"recsys-ranker-0", "recsys-ranker-1"}
+
+
+def test_inline_with_two_forward_threads_runs_one_part_on_the_caller() -> None:
+    model = ThreadsModel()
+    batcher = RankBatcher(max_rows=1000, threads=2)
+    try:
+        scores = batcher.score_inline(model, {"x": torch.arange(100.0)})
+        assert scores is not None
+        np.testing.assert_array_equal(scores, np.arange(100.0))
+        names = sorted(name for name, _ in model.passes)
+        assert names[0] == threading.current_thread().name
+        assert names[1].startswith("recsys-ranker-")
+        assert [rows for _, rows in model.passes] == [50, 50]
+        with batcher._state:
+            batcher._running += 1  # a forward pass in progress: the caller must queue instead
+        try:
+            assert batcher.score_inline(model, {"x": torch.ones(64)}) is None
+        finally:
+            with batcher._state:
+                batcher._running -= 1
+    finally:
+        batcher.close()
+
+
+def test_close_finishes_queued_work_and_stops_every_forward_thread() -> None:
+    model = ThreadsModel()
+    batcher = RankBatcher(max_rows=10_000, threads=2)
+
+    async def scenario() -> list[np.ndarray]:
+        deadline = time.monotonic() + 10
+        jobs = [
+            asyncio.ensure_future(batcher.score(model, {"x": torch.ones(40)}, deadline))
+            for _ in range(6)
+        ]
+        await asyncio.sleep(0)  # every job queued
+        closing = threading.Thread(target=batcher.close)
+        closing.start()
+        results = await asyncio.gather(*jobs)
+        closing.join(timeout=10)
+        assert not closing.is_alive(), "close() did not return"
+        return results
+
+    results = asyncio.run(scenario())
+    assert [len(r) for r in results] == [40] * 6
+    assert not any(t.is_alive() for t in batcher._workers)
