@@ -196,6 +196,7 @@ class ServingApp:
         self._reload_lock: asyncio.Lock | None = None
         self._retired: list[ServingModel] = []
         self.runtime: Runtime | None = None
+        self._torch_threads_before = torch.get_num_threads()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -204,7 +205,9 @@ class ServingApp:
         s = self.settings
         cpus = os.cpu_count() or 1
         ranker_threads = s.ranker_threads or cpus
-        # set once, before any thread of ours exists: every thread starts with this count
+        # set once, before any thread of ours exists: every thread starts with this count;
+        # stop() gives the process its count back (start_background runs in a caller's process)
+        self._torch_threads_before = torch.get_num_threads()
         torch.set_num_threads(s.torch_threads or max(1, cpus // ranker_threads))
         faiss.omp_set_num_threads(s.faiss_threads)
         self.runtime = Runtime(
@@ -347,6 +350,7 @@ class ServingApp:
             self.runtime.batcher.close()
             self.runtime.executor.shutdown(wait=True)
             self.runtime = None
+            torch.set_num_threads(self._torch_threads_before)
         for model in [*self._retired, *([self.model] if self.model else [])]:
             model.close()
         self._retired.clear()

@@ -328,14 +328,25 @@ def test_split_deployment_gives_the_same_answers(
         stages.stop()
 
 
+def _new_thread_torch_threads() -> int:
+    """The intra-op thread count a thread started now gets (torch's process-wide setting)."""
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
 def test_start_background_leaves_no_thread_or_socket(serving_bundle: Path) -> None:
     before = set(threading.enumerate())
-    handle = start_background({"bundle": str(serving_bundle)})
+    torch_threads = _new_thread_torch_threads()
+    handle = start_background({"bundle": str(serving_bundle), "torch_threads": 1})
     port, metrics_port = handle.port, handle.metrics_port
     with RecommenderClient(handle.target) as c:
         assert c.health() == "SERVING"
     handle.stop()
     assert set(threading.enumerate()) <= before
+    assert _new_thread_torch_threads() == torch_threads  # the caller's setting is given back
     for p in (port, metrics_port):
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))  # free again
