@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import queue
@@ -50,6 +51,9 @@ class DeadlineExpired(TimeoutError):
     """The request's deadline passed before its turn came."""
 
 
+Deliver = Callable[[Any, BaseException | None], None]  # scores or an error, from any thread
+
+
 @dataclass
 class _Job:
     model: Any  # ServingModel; `score(batch) -> np.ndarray`
@@ -57,13 +61,11 @@ class _Job:
     rows: int
     deadline: float  # time.monotonic()
     abandoned: Callable[[], bool]  # the caller went away (cancelled, deadline)
-    deliver: Callable[[Any, BaseException | None], None]  # scores or an error, any thread
+    deliver: Deliver
     part: bool = False  # one of a split request's parts
 
 
-def _to_loop(
-    loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]
-) -> Callable[[Any, BaseException | None], None]:
+def _to_loop(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Deliver:
     def deliver(value: Any, error: BaseException | None) -> None:
         # a closed loop raises RuntimeError: its caller is gone, nobody waits for the answer
         with contextlib.suppress(RuntimeError):
@@ -72,26 +74,17 @@ def _to_loop(
     return deliver
 
 
-def _resolve(future: asyncio.Future[Any], value: Any, error: BaseException | None) -> None:
+def _resolve(
+    future: asyncio.Future[Any] | concurrent.futures.Future[Any],
+    value: Any,
+    error: BaseException | None,
+) -> None:
     if future.done():
         return
     if error is not None:
         future.set_exception(error)
     else:
         future.set_result(value)
-
-
-Deliver = Callable[[Any, BaseException | None], None]
-
-
-def _to_thread(future: concurrent.futures.Future[Any]) -> Deliver:
-    def deliver(value: Any, error: BaseException | None) -> None:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
-    return deliver
 
 
 def _rows(batch: dict[str, Tensor]) -> int:
@@ -166,7 +159,7 @@ class RankBatcher:
             waiting = []
             for part, rows in others:
                 future: concurrent.futures.Future[np.ndarray] = concurrent.futures.Future()
-                deliver = _to_thread(future)
+                deliver = functools.partial(_resolve, future)
                 self._queue.put(_Job(model, part, rows, float("inf"), lambda: False, deliver, True))
                 waiting.append(future)
             head = model.score(first)

@@ -130,7 +130,7 @@ class ServingModel:
         self._cache_lock = Lock()
         self.user_vectors, self.user_vector_rows = self._user_vector_table()
 
-    def _user_vector_table(self) -> tuple[np.ndarray | None, dict[str, int]]:
+    def _user_vector_table(self) -> tuple[np.ndarray | None, Mapping[str, int]]:
         """Every known user's tower output, computed once at load (`user_vector_table_mb`).
 
         The user tower is a function of the user's retrieval features, which the in-process
@@ -154,21 +154,23 @@ class ServingModel:
             )
             return None, {}
         t0 = time.perf_counter()
-        ids, records = self.store.all_records("retrieval", "user")
+        # row i of the table is row i of the store's records: the store's id -> row mapping
+        # serves both
+        records, rows = self.store.table("retrieval", "user")
         layout = self.store.layout("retrieval", "user")
-        table = np.empty((len(ids), self.dim), np.float32)
+        table = np.empty((len(records), self.dim), np.float32)
         with torch.inference_mode():
-            for start in range(0, len(ids), TOWER_BATCH):
+            for start in range(0, len(records), TOWER_BATCH):
                 part = records[start : start + TOWER_BATCH]
                 batch = self._from_records(self.tower_inputs, layout, part, len(part))
                 table[start : start + len(part)] = self.bundle.user_tower(batch).float().numpy()
         log.info(
             "user vectors: %d users' tower outputs precomputed in %.1f s (%.1f MiB)",
-            len(ids),
+            len(records),
             time.perf_counter() - t0,
             table.nbytes / 2**20,
         )
-        return table, {u: i for i, u in enumerate(ids)}
+        return table, rows
 
     @staticmethod
     def _raw_column(snap: Any, entity: str) -> pa.Array:

@@ -196,7 +196,7 @@ class ServingApp:
         self._reload_lock: asyncio.Lock | None = None
         self._retired: list[ServingModel] = []
         self.runtime: Runtime | None = None
-        self._torch_threads_before = torch.get_num_threads()
+        self._torch_threads_before = 0  # start() records it, stop() restores it
 
     # ------------------------------------------------------------ lifecycle
 

@@ -143,6 +143,21 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def cpu_now(server_pid: int) -> tuple[float, float]:
+    """CPU seconds used so far by the server process and by this (client) process."""
+    return process_cpu_seconds(server_pid), own_cpu_seconds()
+
+
+def cpu_ms_per_call(server_pid: int, since: tuple[float, float], calls: int) -> dict[str, float]:
+    """Server and client CPU ms per call since `since` (a `cpu_now` reading)."""
+    now = cpu_now(server_pid)
+    calls = max(1, calls)
+    return {
+        side: round((now[i] - since[i]) / calls * 1e3, 3)
+        for i, side in enumerate(("server", "client"))
+    }
+
+
 def ranker_forward_ms(bundle: Path, rows: int, seconds: float = 1.5) -> float:
     """Best time of the exported ranker itself on `rows` processed rows (this process)."""
     from recsys.export.tensors import read_table
@@ -300,15 +315,13 @@ def main() -> None:
     results = {}
     try:
         for c in args.concurrency:
-            server_cpu, client_cpu = process_cpu_seconds(server.pid), own_cpu_seconds()
+            since = cpu_now(server.pid)
             result = asyncio.run(
                 run_level(f"127.0.0.1:{port}", users, c, args.seconds, args.warmup)
             )
-            calls = max(1, result["completed_with_warmup"])
-            result["cpu_ms_per_request"] = {
-                "server": round((process_cpu_seconds(server.pid) - server_cpu) / calls * 1e3, 2),
-                "client": round((own_cpu_seconds() - client_cpu) / calls * 1e3, 2),
-            }
+            result["cpu_ms_per_request"] = cpu_ms_per_call(
+                server.pid, since, result["completed_with_warmup"]
+            )
             results[c] = result
             rates.append(matmul_rate(shapes, CANDIDATES, seconds=1.0))  # server idle now
             emit(
@@ -319,18 +332,14 @@ def main() -> None:
                 candidates=CANDIDATES,
                 **result,
             )
-        server_cpu, client_cpu = process_cpu_seconds(server.pid), own_cpu_seconds()
+        since = cpu_now(server.pid)
         health = asyncio.run(health_calls(f"127.0.0.1:{port}", 1000))
-        calls_ms = len(health) / 1e3  # CPU seconds / this = ms per call
         emit(
             figure="grpc_call",
             what="Health.Check, sequential: gRPC's own cost per call on this machine",
             p50_ms=round(float(np.percentile(health, 50)), 3),
             p99_ms=round(float(np.percentile(health, 99)), 3),
-            cpu_ms_per_call={
-                "server": round((process_cpu_seconds(server.pid) - server_cpu) / calls_ms, 3),
-                "client": round((own_cpu_seconds() - client_cpu) / calls_ms, 3),
-            },
+            cpu_ms_per_call=cpu_ms_per_call(server.pid, since, len(health)),
         )
     finally:
         server.send_signal(signal.SIGTERM)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -82,11 +82,15 @@ class MemoryFeatureStore:
         rows = np.fromiter((rows_of.get(i, missing) for i in ids), np.int64, count=len(ids))
         return records[rows], rows != missing
 
+    def table(self, snapshot: str, entity: str) -> tuple[np.ndarray, Mapping[str, int]]:
+        """Every record of a table in row order, and the raw id -> row mapping."""
+        check_key(snapshot, entity)
+        return self._records[(snapshot, entity)][:-1], self._rows[(snapshot, entity)]
+
     def all_records(self, snapshot: str, entity: str) -> tuple[list[str], np.ndarray]:
         """Every (raw id, record) of a table, for the Redis loader."""
-        rows_of = self._rows[(snapshot, entity)]
-        ids = sorted(rows_of, key=rows_of.__getitem__)
-        return ids, self._records[(snapshot, entity)][:-1]
+        records, rows_of = self.table(snapshot, entity)
+        return sorted(rows_of, key=rows_of.__getitem__), records
 
     def close(self) -> None:
         pass
