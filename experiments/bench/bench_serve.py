@@ -2,6 +2,8 @@
 floor of one request.
 
     python experiments/bench/bench_serve.py [--items 100000] [--seconds 8] [--index hnsw]
+        [--server KEY=VALUE ...]    # serve settings, e.g. the old ranker design:
+        # --server ranker_threads=1 --server torch_threads=2 --server max_rank_batch=8192
 
 What runs: a bundle of `--items` items (tests/helpers/serving_bundle.py: synthetic clusters,
 a randomly initialised W&D ranker at the default sizes, hidden [1024, 1024], and a two-tower
@@ -41,6 +43,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,22 +181,32 @@ def ranker_forward_ms(bundle: Path, rows: int, seconds: float = 1.5) -> float:
 
 
 def start_server(
-    bundle: Path, port: int, threads: int, workers: int, run_dir: Path
+    bundle: Path,
+    port: int,
+    threads: int,
+    workers: int,
+    run_dir: Path,
+    overrides: Sequence[str] = (),
 ) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "serving.server",
-        f"bundle={bundle}",
-        f"port={port}",
-        "metrics_port=null",
-        f"ranker_threads={threads}",
-        f"workers={workers}",
-        f"candidate_count={CANDIDATES}",
-        "max_concurrent=256",
-        "deadline_ms=30000",
-        f"hydra.run.dir={run_dir}",
-    ]
+    """`python -m serving.server` on the bundle; `overrides` (KEY=VALUE) replace or add to the
+    benchmark's own serve settings."""
+    settings = {
+        "bundle": str(bundle),
+        "port": str(port),
+        "metrics_port": "null",
+        "ranker_threads": str(threads),
+        "workers": str(workers),
+        "candidate_count": str(CANDIDATES),
+        "max_concurrent": "256",
+        "deadline_ms": "30000",
+        "hydra.run.dir": str(run_dir),
+    }
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise SystemExit(f"--server {override!r}: expected KEY=VALUE")
+        settings[key] = value
+    command = [sys.executable, "-m", "serving.server", *(f"{k}={v}" for k, v in settings.items())]
     process = subprocess.Popen(
         command,
         cwd=REPO,
@@ -296,6 +309,13 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a serve setting for the server (repeatable), e.g. --server ranker_threads=1",
+    )
     parser.add_argument("--work", type=Path, default=REPO / "outputs" / "bench" / "serve")
     args = parser.parse_args()
     work = args.work / f"{args.items}-{args.index}"
@@ -311,7 +331,9 @@ def main() -> None:
     manifest = load_bundle(bundle, verify=False).retrieval_features.users
     users = [str(u) for u in manifest["user_raw"].to_pylist()]
     port = free_port()
-    server = start_server(bundle, port, args.threads, args.workers, work / "server_run")
+    server = start_server(
+        bundle, port, args.threads, args.workers, work / "server_run", args.server
+    )
     results = {}
     try:
         for c in args.concurrency:
@@ -367,6 +389,7 @@ def main() -> None:
         floor_ms_at_median_rate=round(request_flops / median_rate * 1e3, 2),
         ceiling_rps=round(ceiling, 1),
         threads=args.threads,
+        server_settings=args.server,
     )
     if {1, 8, 32} <= set(results):
         one, eight, many = results[1], results[8], results[32]
