@@ -50,7 +50,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of our own on a free loopback port, no persistence; stopped at the end."""
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+        pytest.fail(
+            "redis-server is not installed: `make test-deps` installs the Debian package "
+            "redis-server (make test runs it first), or: sudo apt-get install redis-server"
+        )
     port = free_port()
     work = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
