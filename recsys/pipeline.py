@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
+from recsys.config.checks import check_ranges
 from recsys.data.generator import (
     format_summary,
     generate,
@@ -555,6 +556,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[PipelineState], StageRecord]] = {
 
 
 def check_pipeline(cfg: DictConfig) -> None:
+    check_ranges(cfg, PipelineError)  # model, trainer, backend: before generate and features run
     stages = list(cfg.pipeline.stages)
     unknown = [s for s in stages if s not in STAGES]
     if unknown:

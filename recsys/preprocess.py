@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
+from recsys.config.checks import check_ranges
 from recsys.features.columns import FeatureError, MissingColumnError
 from recsys.features.pipeline import FeaturePipeline
 from recsys.features.source import (
@@ -94,7 +95,8 @@ def build_pipeline(cfg: DictConfig) -> FeaturePipeline:
 
 
 def check_preprocess(cfg: DictConfig) -> None:
-    """Fail before Spark starts: bad features config, bad split, existing output."""
+    """Fail before Spark starts: bad values, bad features config, bad split, existing output."""
+    check_ranges(cfg, FeatureError)
     build_pipeline(cfg)
     check_fractions(cfg.split.valid_fraction, cfg.split.test_fraction)
     out = Path(cfg.out)

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from recsys.config.checks import check_ranges
 from recsys.errors import RecsysError
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, FeatureSpec
 from recsys.models import build_model
@@ -39,15 +40,9 @@ def _enum_name(value: Any) -> str:
 
 
 def check_train_config(cfg: DictConfig) -> None:
-    """Everything that can be known wrong before training: sizes, data, spec vs data, model."""
-    trainer = cfg.trainer
-    for key in ("batch_size", "eval_batch_size", "epochs", "retrieval_k"):
-        if trainer[key] < 1:
-            raise TrainConfigError(f"trainer.{key} must be >= 1, got {trainer[key]}")
-    if trainer.lr <= 0:
-        raise TrainConfigError(f"trainer.lr must be > 0, got {trainer.lr}")
-    if cfg.backend.num_workers < 1 or cfg.backend.cpus_per_worker < 1:
-        raise TrainConfigError("backend.num_workers and backend.cpus_per_worker must be >= 1")
+    """Everything that can be known wrong before training: value ranges of the model,
+    trainer and backend (before the data is looked at), data, spec vs data, model."""
+    check_ranges(cfg, TrainConfigError)
     data = Path(cfg.data)
     if not data.is_dir():
         raise TrainConfigError(f"data directory {data} does not exist (set data=<processed dir>)")
