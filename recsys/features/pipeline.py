@@ -87,6 +87,7 @@ class FeaturePipeline:
         self.outputs = dict(outputs)
         self.label, self.user_id, self.item_id = label, user_id, item_id
         self.sources = self._trace(raw_columns)
+        self._check_sampling_order(raw_columns)
         needed = self._raw_inputs(raw_columns)
         self.raw_columns = {c: raw_columns[c] for c in raw_columns if c in needed}
         check_declared(self.raw_columns)
@@ -139,6 +140,55 @@ class FeaturePipeline:
                     f"output {name!r} is neither a declared dataset column nor written by a step"
                 )
         return sources
+
+    def _check_sampling_order(self, raw_columns: Mapping[str, str]) -> None:
+        """Refuse step orders around `negative_sample` that Spark would only trip over late,
+        or never: the step adds rows to training data only, copying the positive row's columns
+        except the item, its `item_columns` and the label.
+
+        - its label must exist before it (a label step or a dataset column): valid and test
+          rows would otherwise have none, and the job fails in Spark minutes later;
+        - no later step may rewrite that label: the negatives would be relabelled from the
+          columns they copied from their positive;
+        - every item output must reach the negatives from the sampled item (the item column,
+          its item_columns, or later steps' results of those): anything else keeps the
+          positive item's value on a negative row.
+        """
+        for k, step in enumerate(self.steps):
+            if step.op != "negative_sample":
+                continue
+            where = f"step {step.name!r} (negative_sample)"
+            label = step.params.label
+            before = set(raw_columns).union(*(s.lineage() for s in self.steps[:k]))
+            later = self.steps[k + 1 :]
+            used = label in self.outputs or any(label in s.inputs() for s in later)
+            if label not in before and used:
+                raise FeatureError(
+                    f"{where} needs its label column {label!r} from an earlier step (op: label) "
+                    "or the dataset: it adds the label to training rows only, so valid and "
+                    "test rows would have none"
+                )
+            relabel = next((s for s in later if label in s.lineage()), None)
+            if relabel is not None:
+                raise FeatureError(
+                    f"step {relabel.name!r} ({relabel.op}) rewrites {label!r} after {where}: "
+                    "the sampled negatives would be relabelled from their positive's columns; "
+                    "put it before"
+                )
+            carried = {step.params.item, *step.params.item_columns}
+            for s in later:
+                for out, ins in s.lineage().items():
+                    if all(i in carried for i in ins):
+                        carried.add(out)
+                    else:
+                        carried.discard(out)
+            for name, out in self.outputs.items():
+                if out.entity == "item" and name not in carried:
+                    raise FeatureError(
+                        f"output {name!r} (entity item) is not taken from the sampled item by "
+                        f"{where}: list it, or the columns it is made from, in the step's "
+                        "item_columns, else negative rows keep the positive item's value"
+                    )
 
     def _raw_inputs(self, raw_columns: Mapping[str, str]) -> set[str]:
         needed = {c for step in self.steps for c in step.inputs() if c in raw_columns}

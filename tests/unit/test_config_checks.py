@@ -122,3 +122,43 @@ def test_the_limits_themselves_are_accepted() -> None:
 def test_every_shipped_option_passes(primary: str, group: str, option: str) -> None:
     cfg = _compose(primary, [f"{group}={option}"])
     assert config_problems(cfg) == []
+
+
+# ------------------------------------------------------------- feature step order
+
+RATINGS = ["dataset=table", "features=ratings"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["~features.steps.label"],
+            r"step 'negatives' \(negative_sample\) needs its label column 'label' from an "
+            r"earlier step \(op: label\) or the dataset",
+        ),
+        (
+            ["+features.steps.relabel={op: label, columns: [rating], threshold: 2.5}"],
+            r"step 'relabel' \(label\) rewrites 'label' after step 'negatives' "
+            r"\(negative_sample\).*put it before",
+        ),
+        (
+            ["features.steps.negatives.item_columns=[item_count]"],
+            r"output 'genres' \(entity item\) is not taken from the sampled item by step "
+            r"'negatives' \(negative_sample\): list it",
+        ),
+    ],
+)  # fmt: skip
+def test_a_step_order_that_cannot_work_is_refused_naming_the_step(
+    overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    cfg = _compose(
+        "preprocess", [*RATINGS, f"data={tmp_path}", f"out={tmp_path / 'out'}", *overrides]
+    )
+    with pytest.raises(FeatureError, match=message):
+        check_preprocess(cfg)
+
+
+def test_the_shipped_ratings_steps_pass_the_order_checks(tmp_path: Path) -> None:
+    cfg = _compose("preprocess", [*RATINGS, f"data={tmp_path}", f"out={tmp_path / 'out'}"])
+    check_preprocess(cfg)
