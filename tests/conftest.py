@@ -13,10 +13,12 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from recsys.config import CONF_DIR, register_configs
+from recsys.data.criteo_format import SAMPLE_PATH
 
 REPO = Path(__file__).resolve().parents[1]
-CRITEO_SAMPLE = REPO.parent / "shared" / "data" / "criteo_sample.txt"
-"""The shared 200-row Criteo sample, beside the repository (never copied into it)."""
+CRITEO_SAMPLE = SAMPLE_PATH
+"""The 200-row Criteo-layout sample in the repository (recsys/data/samples/criteo_sample.txt),
+written by recsys.data.criteo_format; conf/dataset/criteo_sample.yaml points at it."""
 
 register_configs()
 

@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from recsys.data.criteo_format import SAMPLE_ROWS, SAMPLE_SEED
+from recsys.data.criteo_format import write as write_criteo
 from recsys.features.columns import ColumnTypeError, FeatureError, MissingColumnError
 from recsys.features.feature_spec import FeatureSpec
 from recsys.features.pipeline import FeaturePipeline
@@ -186,7 +188,7 @@ def test_two_tower_spec_marks_the_towers(spark, recsys_raw: Path, tmp_path: Path
 
 
 def test_criteo_sample_logs_counts_and_encodes_categories(spark, tmp_path: Path) -> None:
-    assert CRITEO_SAMPLE.is_file(), f"the shared Criteo sample is missing: {CRITEO_SAMPLE}"
+    assert CRITEO_SAMPLE.is_file(), f"the Criteo sample is missing: {CRITEO_SAMPLE}"
     summary, out = _run(
         spark, tmp_path, CRITEO_SAMPLE, "dataset=criteo_sample", "features=criteo",
         "features.min_freq=2",
@@ -202,6 +204,22 @@ def test_criteo_sample_logs_counts_and_encodes_categories(spark, tmp_path: Path)
     c1 = spec["C1"]
     assert 2 < c1.size < 20 and train["C1"].to_numpy().max() < c1.size
     assert set(train["label"].to_numpy()) == {0.0, 1.0}
+
+
+def test_criteo_layout_without_header_reads_as_the_sample(spark, tmp_path: Path) -> None:
+    # the sample's rows written in the original layout (tab-separated, no header, integer
+    # counts): dataset=criteo must read them into the very rows dataset=criteo_sample gives
+    tsv = write_criteo(tmp_path / "criteo.txt", SAMPLE_ROWS, SAMPLE_SEED, layout="criteo")
+    assert "\t" in tsv.read_text().splitlines()[0] and not CRITEO_SAMPLE.samefile(tsv)
+    outs: dict[str, Path] = {}
+    for dataset, data in (("criteo", tsv), ("criteo_sample", CRITEO_SAMPLE)):
+        summary, outs[dataset] = _run(
+            spark, tmp_path / dataset, data, f"dataset={dataset}", "features=criteo",
+            "features.min_freq=2",
+        )  # fmt: skip
+        assert sum(summary.rows.values()) == SAMPLE_ROWS
+    for split in ("train", "valid", "test"):
+        assert _rows(outs["criteo"] / split) == _rows(outs["criteo_sample"] / split), split
 
 
 def test_ratings_table_from_csv_with_negative_sampling(spark, tmp_path: Path) -> None:
