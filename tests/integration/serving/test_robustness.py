@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +28,8 @@ pytestmark = [
 ]
 REPO = Path(__file__).resolve().parents[3]
 USER = "u1"
+EXPIRED_CALL_TIMEOUT_S = 1.0
+STATE_WAIT_S = 60.0  # how long a test waits for a server state before it fails
 
 
 class Slow:
@@ -88,30 +90,83 @@ def _timed(client: RecommenderClient, t0: float) -> tuple[grpc.StatusCode, float
     return code, time.perf_counter() - t0
 
 
-def test_expired_calls_are_cancelled_on_the_server(server: ServerHandle, slow: Slow) -> None:
-    slow.seconds = 1.0
-    metric = server.app.metrics.requests.labels("Recommend", "DEADLINE_EXCEEDED")
-    before = metric._value.get()
+class Hold:
+    """A server hook: each Recommend waits until `release()`, so only a deadline can end it.
+
+    `entered` and `cancelled` say what the server did with the call, as events the test can
+    wait on instead of guessing how long the server needs under load.
+    """
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.cancelled = threading.Event()
+        self._gates: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    async def __call__(self, method: str) -> None:
+        if method != "Recommend":
+            return
+        gate = asyncio.Event()
+        self._gates.append((asyncio.get_running_loop(), gate))
+        self.entered.set()
+        try:
+            await gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    def release(self) -> None:
+        for loop, gate in self._gates:
+            loop.call_soon_threadsafe(gate.set)
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = STATE_WAIT_S) -> bool:
+    """Poll `condition` until it holds; `seconds` only bounds a failing test."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _recommend_counts(server: ServerHandle) -> dict[str, float]:
+    """Recommend calls the server has counted, by status code."""
+    return {
+        s.labels["code"]: s.value
+        for m in server.app.metrics.requests.collect()
+        for s in m.samples
+        if s.name.endswith("_total") and s.labels["method"] == "Recommend"
+    }
+
+
+def test_expired_calls_are_cancelled_on_the_server(server: ServerHandle) -> None:
+    before = _recommend_counts(server)
+    hold, hook = Hold(), server.app.hook
+    server.app.hook = hold
     try:
-        with RecommenderClient(server.target, timeout=0.2) as client:
+        # The client's deadline is the one timed part: long enough that even a loaded server
+        # starts the handler before it passes (gRPC drops a call whose deadline passed while
+        # it waited for the handler, and then no code of ours sees it)
+        with RecommenderClient(server.target, timeout=EXPIRED_CALL_TIMEOUT_S) as client:
             assert _code(lambda: client.recommend(USER, k=5)) == grpc.StatusCode.DEADLINE_EXCEEDED
-        # the server's own deadline (the client's 0.2 s) stops the work and counts it there;
-        # on a loaded machine the server may get to it a little later than the client gave up
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (
-            metric._value.get() < before + 1 or server.app.in_flight
-        ):
-            time.sleep(0.05)
-        counts = {
-            s.labels["code"]: s.value
-            for m in server.app.metrics.requests.collect()
-            for s in m.samples
-            if s.name.endswith("_total") and s.labels["method"] == "Recommend"
-        }
-        assert metric._value.get() == before + 1, counts
+
+        # the call never finishes on its own: it ends only if the server cancels it at the
+        # deadline; then the server counts it and frees its slot
+        def ended() -> bool:
+            total = sum(_recommend_counts(server).values())
+            return total >= sum(before.values()) + 1 and server.app.in_flight == 0
+
+        assert _wait_for(ended), f"the server did not end the expired call: {before}"
+        after = _recommend_counts(server)
+        expired = after.get("DEADLINE_EXCEEDED", 0) - before.get("DEADLINE_EXCEEDED", 0)
+        assert expired == 1 and sum(after.values()) == sum(before.values()) + 1, (before, after)
         assert server.app.in_flight == 0
+        # the work itself was interrupted (or, on a server that met the call past its
+        # deadline, never started), not left running to its end
+        assert hold.cancelled.is_set() or not hold.entered.is_set()
     finally:
-        slow.seconds = 0.0
+        server.app.hook = hook
+        hold.release()
 
 
 def test_hot_reload_under_load_loses_no_request(
