@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from omegaconf import DictConfig
 
+from recsys import interrupts
 from recsys.errors import RecsysError
 from recsys.provenance import record_run
 
@@ -32,18 +33,33 @@ def run_task(
     A `RecsysError` (bad input the user can fix) becomes one line on stderr and exit code 2;
     anything else is a bug and keeps its traceback. Inside a sweep (`-m`) a failed job is
     logged, its message written to `error.txt` in the job's directory, and the sweep goes on.
+    Ctrl-C (`recsys.interrupts`) prints `interrupted` and exits 130, in a sweep too.
     """
+    with interrupts.owned():
+        try:
+            return _run_checked(task, cfg, check)
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) or interrupts.received():
+                # every stage removed its temporary output on the way up; the engines
+                # (Spark's JVM, the local Ray) are stopped there, then exit 130
+                interrupts.exit_interrupted()
+            raise
+
+
+def _run_checked(
+    task: Callable[[DictConfig], T],
+    cfg: DictConfig,
+    check: Callable[[DictConfig], None] | None,
+) -> T | None:
     try:
         if check is not None:
             check(cfg)
         run_dir = record_run(cfg)
         log.debug("run directory: %s", run_dir)
         return task(cfg)
-    except KeyboardInterrupt:
-        # every stage writes under a temporary name, so nothing half-written is left
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
     except Exception as e:
+        if interrupts.received():
+            raise  # caused by Ctrl-C (a py4j call it broke): run_task reports the interrupt
         if _in_sweep():
             from hydra.core.hydra_config import HydraConfig
 

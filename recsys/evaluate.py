@@ -32,6 +32,7 @@ import pyarrow as pa
 import torch
 from omegaconf import DictConfig
 
+from recsys import interrupts
 from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
 from recsys.errors import RecsysError
@@ -194,6 +195,7 @@ def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
         for method, items in ranked.items():
             for name, values in ranking_metrics(items, targets, settings.k).items():
                 per_user[method].setdefault(name, []).extend(values)
+        interrupts.pause_point("evaluate")
     metrics = {m: {n: float(np.mean(v)) for n, v in per_user[m].items()} for m in METHODS}
     report = {
         "bundle": str(Path(settings.bundle).resolve()),

@@ -32,6 +32,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from recsys import interrupts
 from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
 from recsys.config.checks import check_ranges
@@ -506,6 +507,7 @@ def stage_serve(state: PipelineState) -> StageRecord:
         started = time.perf_counter() - t
         target = f"127.0.0.1:{server.port}"
         log.info("  server up on %s in %.1f s", target, started)
+        interrupts.pause_point("serve")
         with RecommenderClient(target) as client:
             for user in users:
                 result = client.recommend(user, k=int(smoke.k))
@@ -643,6 +645,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, StageRecord]:
                 _key_only(state, name)
                 continue
             step = f"[{wanted.index(name) + 1}/{len(wanted)}] {name}"
+            interrupts.install()  # whatever the last stage's libraries did to SIGINT
             log.info("%s ...", step)
             t = time.perf_counter()
             record = STAGE_FUNCTIONS[name](state)
@@ -656,11 +659,12 @@ def run_pipeline(cfg: DictConfig) -> dict[str, StageRecord]:
             if name == "features" and state.spark is not None:
                 stop_spark(state.spark)  # training needs the memory more
                 state.spark = None
-    except KeyboardInterrupt:
-        # also when Ctrl-C came while the session was starting (state.spark not set yet); a
-        # graceful stop would wait on the interrupted py4j call
-        kill_spark()
-        state.spark = None
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) or interrupts.received():
+            # also when Ctrl-C came while the session was starting (state.spark not set yet);
+            # a graceful stop would wait on the interrupted py4j call
+            kill_spark()
+            state.spark = None
         raise
     finally:
         if state.spark is not None:

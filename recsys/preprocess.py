@@ -29,6 +29,7 @@ import hydra
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from recsys import interrupts
 from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
 from recsys.config.checks import check_ranges
@@ -129,14 +130,14 @@ def preprocess(cfg: DictConfig, spark: SparkSession | None = None) -> Preprocess
         summary.out = str(out)
         write_json_atomic(tmp / SUMMARY_FILE, asdict(summary))
         swap_in(tmp, out)
-    except KeyboardInterrupt:
+    except BaseException as e:
+        interrupted = isinstance(e, KeyboardInterrupt) or interrupts.received()
+        if interrupted and (own_spark or interrupts.received()):
+            # first, so that no executor thread goes on writing into `tmp`; a graceful stop
+            # would wait on the interrupted py4j call
+            kill_spark()
         shutil.rmtree(tmp, ignore_errors=True)
-        if own_spark:
-            kill_spark()  # the interrupted py4j call would keep a graceful stop waiting
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if own_spark:
+        if own_spark and not interrupted:
             stop_spark(spark)
         raise
     if own_spark:

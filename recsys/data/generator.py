@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from recsys import interrupts
 from recsys.data.recsys2021 import ENGAGEMENTS, LIST_SEPARATOR, RAW_SCHEMA
 from recsys.errors import RecsysError
 from recsys.provenance import swap_in, write_json_atomic
@@ -631,6 +632,7 @@ def generate(
             for job in jobs:
                 results.append(write_partition(*job))
                 _log_progress(results[-1], partitions)
+                interrupts.pause_point("generate")
         else:
             # fork: workers inherit the world instead of rebuilding it
             ctx = multiprocessing.get_context("fork")
@@ -638,6 +640,7 @@ def generate(
                 for result in pool.map(write_partition, *zip(*jobs, strict=True)):
                     results.append(result)
                     _log_progress(result, partitions)
+                    interrupts.pause_point("generate")
         summary = _summarise(settings, out, tmp, partitions, results)
         summary.seconds = round(time.perf_counter() - t0, 3)
         meta = asdict(summary)

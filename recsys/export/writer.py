@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import Tensor, nn
 
+from recsys import interrupts
 from recsys.errors import RecsysError
 from recsys.export import layout
 from recsys.export.formats import ModuleReport, check_format, file_name, save_module
@@ -317,6 +318,7 @@ def _write(
     example = _example(retrieval, user_features, settings.example_rows)
     tower_report = save_module(retrieval.model.user_tower, example, tmp / tower_file, fmt)
     stages["models"] = round(time.perf_counter() - t, 2)
+    interrupts.pause_point("export")
     t = time.perf_counter()
 
     # snapshots

@@ -36,6 +36,10 @@ def main() -> None:
         sys.path.remove(entry)
     from pyspark.daemon import manager
 
+    from recsys.interrupts import pause_point
+
+    pause_point("features")  # a test interrupts the driver while its Spark job waits here
+
     manager()
 
 

@@ -17,14 +17,15 @@ import math
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recsys import interrupts
 from recsys.errors import RecsysError
 
 if TYPE_CHECKING:
@@ -127,6 +128,7 @@ def check_java() -> str:
 # same Java, Spark jars (and their location) and JVM options use it.
 
 _pending_archive: tuple[Path, Path] | None = None  # (being written, final) for stop_spark
+_scratch: Path | None = None  # the running session's spark.local.dir, when it is ours
 
 
 def default_class_cache_dir() -> Path:
@@ -251,6 +253,11 @@ def build_spark(cfg: Mapping[str, Any], jvm_log: Path | None = None) -> SparkSes
         if partial is not None:
             _pending_archive = (partial, cache_dir / f"{key}.jsa")
     settings = spark_settings(cfg, cache_options)
+    global _scratch
+    _remove_scratch()  # a session stopped by Spark's own `stop()` left its directory
+    _scratch = _scratch_dir(settings)
+    if _scratch is not None:
+        settings["spark.local.dir"] = str(_scratch)
     # Python workers must run this interpreter (its packages), whatever `python3` is on PATH
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if settings["spark.master"].startswith("local"):
@@ -258,10 +265,13 @@ def build_spark(cfg: Mapping[str, Any], jvm_log: Path | None = None) -> SparkSes
     builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
+    # Ctrl-C from here on ends the JVM (and removes its scratch directory) before exiting
+    interrupts.on_interrupt("spark", kill_spark)
     try:
         with child_output_to(jvm_log) if jvm_log else contextlib.nullcontext():
             spark = builder.getOrCreate()
     except Exception as e:  # py4j / JVM start-up failures
+        kill_spark()
         where = f" (the JVM's output is in {jvm_log})" if jvm_log else ""
         raise SparkSetupError(f"Spark failed to start: {e}{where}") from e
     plain_sigint()
@@ -296,33 +306,49 @@ def child_output_to(path: Path) -> Iterator[None]:
             os.close(fd)
 
 
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
 def plain_sigint() -> None:
-    """Ctrl-C as a plain KeyboardInterrupt in the main thread. PySpark's own handler (set
-    whenever a SparkContext starts) cancels jobs through py4j from inside the interrupted py4j
-    call, which can deadlock; a KeyboardInterrupt unwinds, and `kill_spark` ends the JVM."""
-    if _in_main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    """Ctrl-C as the project's plain KeyboardInterrupt again (`recsys.interrupts`). PySpark's
+    own handler (set whenever a SparkContext starts) cancels jobs through py4j from inside the
+    interrupted py4j call, which can deadlock; a KeyboardInterrupt unwinds, and `kill_spark`
+    ends the JVM."""
+    interrupts.install()
+
+
+def _scratch_dir(settings: dict[str, str]) -> Path | None:
+    """A directory of our own for Spark's scratch files (`blockmgr-*`, `spark-*`) on a local
+    master, unless the user chose one. A JVM ended by `kill_spark` runs no shutdown hooks, so
+    Spark cannot remove them itself; this one is removed with the session."""
+    if not settings["spark.master"].startswith("local") or "spark.local.dir" in settings:
+        return None
+    if os.environ.get("SPARK_LOCAL_DIRS"):
+        return None
+    return Path(tempfile.mkdtemp(prefix="recsys-spark-"))
+
+
+def _remove_scratch() -> None:
+    global _scratch
+    if _scratch is not None:
+        shutil.rmtree(_scratch, ignore_errors=True)
+        _scratch = None
 
 
 def kill_spark() -> None:
     """End the local JVM at once (after Ctrl-C, when the py4j connection is mid-call and a
-    graceful stop would wait on it). Partial outputs are the callers' to remove."""
+    graceful stop would wait on it) and remove its scratch directory. Partial outputs are the
+    callers' to remove."""
     from pyspark import SparkContext
 
+    interrupts.forget("spark")
     gateway = SparkContext._gateway
     proc = getattr(gateway, "proc", None)
     if proc is not None and proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=30)
+        with interrupts.reaping_children(proc.pid):  # its Python workers too
+            proc.kill()
+            proc.wait(timeout=30)
     SparkContext._gateway = None
     SparkContext._jvm = None
     SparkContext._active_spark_context = None
+    _remove_scratch()
 
 
 def set_shuffle_partitions(spark: SparkSession, input_bytes: int, configured: int | None) -> int:
@@ -340,8 +366,10 @@ def set_shuffle_partitions(spark: SparkSession, input_bytes: int, configured: in
 def stop_spark(spark: SparkSession, timeout: float = 120.0) -> None:
     """Stop the session; if this run writes the class archive, end the JVM and keep it."""
     global _pending_archive
+    interrupts.forget("spark")
     spark.stop()
     if _pending_archive is None:
+        _remove_scratch()
         return
     partial, final = _pending_archive
     _pending_archive = None
@@ -362,6 +390,7 @@ def stop_spark(spark: SparkSession, timeout: float = 120.0) -> None:
     finally:
         SparkContext._gateway = None
         SparkContext._jvm = None
+    _remove_scratch()
     if code == 0 and partial.is_file() and partial.stat().st_size > 0:
         os.replace(partial, final)
         log.debug("class cache written: %s", final)

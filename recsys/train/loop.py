@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from recsys import interrupts
 from recsys.features.feature_spec import FeatureSpec
 from recsys.models import build_model, split_sparse_parameters, train_wrapper
 from recsys.provenance import write_json_atomic
@@ -297,6 +298,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss.backward()
             for optimizer in optimizers:
                 optimizer.step()
+            if rank == 0:
+                interrupts.pause_point("train")
             for scheduler in schedulers or ():
                 scheduler.step()
             n = len(next(iter(batch.values())))
@@ -326,7 +329,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = {"epoch": epoch, "metrics": metrics, "early_stopping": stopper.state()}
         if config.get("job"):
             state["job"] = config["job"]
-        with tempfile.TemporaryDirectory(prefix="ckpt-") as tmp:
+        # inside the run directory, which the driver removes whole if the run is interrupted:
+        # a worker killed there leaves no scratch behind (in /tmp it would stay)
+        with tempfile.TemporaryDirectory(prefix=".ckpt.tmp-", dir=run_dir) as tmp:
             checkpoint_dir = Path(tmp) / "checkpoint"
             if rank == 0:
                 write_checkpoint(

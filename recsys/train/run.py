@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
+from recsys import interrupts
 from recsys.config.checks import check_ranges
 from recsys.errors import RecsysError
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, FeatureSpec
@@ -107,10 +109,16 @@ def run_training(
         config["fail_once_at"] = fail_once_at
     if cfg.resume and not (run_dir / "checkpoints" / "last" / "state.json").is_file():
         raise TrainConfigError(f"resume=true but {run_dir}/checkpoints/last holds no checkpoint")
-    if config["backend"] == "ray":
-        run_ray(config, cfg.backend)
-    else:
-        train_loop_per_worker(config)
+    try:
+        if config["backend"] == "ray":
+            run_ray(config, cfg.backend)
+        else:
+            train_loop_per_worker(config)
+    except BaseException:
+        # a checkpoint being written when a worker was stopped (Ctrl-C, a failure)
+        for scratch in run_dir.glob(".ckpt.tmp-*"):
+            shutil.rmtree(scratch, ignore_errors=True)
+        raise
     return _result(run_dir)
 
 
@@ -185,6 +193,17 @@ def ensure_ray(address: str | None) -> None:
         # Ray's start-up warnings (auth tokens, dashboards) are noise on one machine
         logging_level=logging.ERROR,
     )
+    interrupts.on_interrupt("ray", stop_ray)
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray; a local Ray started by `ensure_ray` ends with its workers, which
+    this waits for (after Ctrl-C they would go on writing into a directory being removed)."""
+    import ray
+
+    interrupts.forget("ray")
+    with interrupts.reaping_children():
+        ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -245,4 +264,10 @@ def run_ray(config: dict[str, Any], backend: DictConfig) -> None:
         resume_from_checkpoint=resume_from,
     )
     with _tail([Path(job["run_dir"]) / "progress.log" for job in jobs]):
-        trainer.fit()
+        try:
+            # from a helper thread: called from the main thread, `fit` replaces our SIGINT
+            # handler with Ray's, which exits 0 or 1 and is never removed again
+            interrupts.call_in_thread(trainer.fit)
+        except KeyboardInterrupt:
+            stop_ray()
+            raise

@@ -1,4 +1,5 @@
-"""Fixtures shared by the export tests: processed data (no Spark) and trained runs."""
+"""Fixtures shared by integration tests: processed data (no Spark) and trained runs for the
+export tests; one whole tiny pipeline run for the pipeline and Ctrl-C tests."""
 
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 
 from recsys.train.run import run_training
 from tests.helpers.bundle_data import write_bundle_data
+from tests.helpers.pipeline_run import run_pipeline
 from tests.helpers.train_config import train_config
 
 
@@ -21,3 +23,14 @@ def export_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         run_training(train_config(data, run_dir, model, f"trainer.epochs={epochs}"), run_dir)
         runs[model] = run_dir
     return runs
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """(work dir, run dir, console output) of one whole `recsys.pipeline` run on the tiny
+    configuration (tests/helpers/pipeline_run.py). Tests that change the work dir copy it."""
+    base = tmp_path_factory.mktemp("pipeline")
+    work, run = base / "work", base / "run1"
+    proc = run_pipeline(work, run)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return work, run, proc.stdout + proc.stderr
