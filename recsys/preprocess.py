@@ -41,6 +41,7 @@ from recsys.features.source import (
     inspect_part,
     read_part,
     require_rows,
+    require_utf8,
     spark_errors,
 )
 from recsys.features.spark import (
@@ -197,13 +198,16 @@ def _run(
                 f"{', '.join(repr(c) for c in missing)}"
             )
         frames[name] = df.select(*inputs.needed)
+        if part.rows is None and fmt == "parquet":  # not checked before Spark (remote)
+            text = [c for c in inputs.needed if dataset["columns"].get(c) == "string"]
+            require_utf8(frames[name], part.path, text)
     train = frames["train"]
-    require_rows(train, train_part.path, "train", train_part.rows)
+    require_rows(train, train_part.path, "train", train_part.rows, dataset)
     split = cfg.split
     if frames["valid"] is None or frames["test"] is None:
         valid_fraction = split.valid_fraction if frames["valid"] is None else 0.0
         test_fraction = split.test_fraction if frames["test"] is None else 0.0
-        with spark_errors(f"input {train_part.path}"):
+        with spark_errors(train_part.path, dataset):
             train, valid, test = split_frame(
                 train, split.method, valid_fraction, test_fraction, cfg.seed, time_column
             )
@@ -212,7 +216,7 @@ def _run(
     frames["train"] = train
     log.info("reading %s (%s); fitting features=%s on train", data, fmt, pipeline.name)
 
-    with spark_errors(f"input {data}"):
+    with spark_errors(data, dataset):
         pipeline.fit(train)
         stages["fit"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
