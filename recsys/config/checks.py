@@ -22,6 +22,7 @@ from recsys.errors import RecsysError
 
 # Spark's setLogLevel accepts these (any case); anything else fails after the JVM started
 SPARK_LOG_LEVELS = ("ALL", "DEBUG", "ERROR", "FATAL", "INFO", "OFF", "TRACE", "WARN")
+DATA_FORMATS = ("parquet", "csv")  # what recsys.features.source reads
 
 
 class ConfigValueError(RecsysError, ValueError):
@@ -113,7 +114,19 @@ def spark_problems(spark: Mapping[str, Any], where: str = "spark") -> list[str]:
     return problems
 
 
+def dataset_problems(dataset: Mapping[str, Any], where: str = "dataset") -> list[str]:
+    """A data format the readers know and a CSV separator that is not empty."""
+    problems = []
+    fmt = dataset.get("format")
+    if fmt is not None and fmt not in DATA_FORMATS:
+        problems.append(f"{where}.format must be one of {', '.join(DATA_FORMATS)}, got {fmt!r}")
+    if "sep" in dataset and not dataset.get("sep"):
+        problems.append(f"{where}.sep must be one or more characters, got {dataset.get('sep')!r}")
+    return problems
+
+
 GROUP_CHECKS: dict[str, Callable[[Mapping[str, Any], str], list[str]]] = {
+    "dataset": dataset_problems,
     "model": model_problems,
     "trainer": trainer_problems,
     "backend": backend_problems,

@@ -73,6 +73,8 @@ def test_train_refuses_a_value_out_of_range_naming_key_value_and_range(
         (["spark.cores=0"], "spark.cores must be >= 1, got 0"),
         (["spark.shuffle_partitions=-2"], "spark.shuffle_partitions must be >= 1, got -2"),
         (["spark.log_level=LOUD"], "spark.log_level must be one of ALL, DEBUG, ERROR"),
+        (["dataset=table", "dataset.sep=''"], "dataset.sep must be one or more characters"),
+        (["dataset=table", "dataset.format=json"], "dataset.format must be one of parquet, csv"),
     ],
 )
 def test_preprocess_refuses_a_value_out_of_range(
@@ -116,7 +118,8 @@ def test_the_limits_themselves_are_accepted() -> None:
         *[("train", g, o) for g in ("model", "backend", "trainer") for o in _options(g)],
         *[("train", "experiment", o) for o in _options("experiment")],
         *[("pipeline", g, o) for g in ("model", "backend", "trainer") for o in _options(g)],
-        ("preprocess", "spark.cores", "2"),
+        *[("preprocess", "dataset", o) for o in _options("dataset")],
+        *[("generate", "dataset", o) for o in _options("dataset")],
     ],
 )
 def test_every_shipped_option_passes(primary: str, group: str, option: str) -> None:
