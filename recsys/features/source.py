@@ -200,13 +200,18 @@ def check_csv_files(path: str, declared: Mapping[str, str], sep: str, header: bo
     names them, with a header), and every byte of it is UTF-8."""
     for file in data_files(path, "csv"):
         check_csv_first_line(file, list(declared), sep, header)
-        check_csv_utf8(file, list(declared), sep, header)
+        check_csv_utf8(file, list(declared), sep)
 
 
 def _split(line: str, sep: str) -> list[str]:
     if len(sep) == 1:
         return next(csv.reader([line], delimiter=sep), [])
     return line.split(sep)  # Spark takes separators of several characters; csv does not
+
+
+def _names(line: str, sep: str) -> list[str]:
+    """Header names as Spark compares them with the schema (case-insensitively)."""
+    return [f.strip().lower() for f in _split(line, sep)]
 
 
 def check_csv_first_line(file: Path, columns: list[str], sep: str, header: bool) -> None:
@@ -219,8 +224,9 @@ def check_csv_first_line(file: Path, columns: list[str], sep: str, header: bool)
         return  # an empty file holds no rows
     fields = _split(line, sep)
     if header:
-        names = [f.strip().lower() for f in fields]
-        if names == [c.lower() for c in columns]:
+        wanted = [c.lower() for c in columns]
+        names = _names(line, sep)
+        if names == wanted:
             return
         missing = [c for c in columns if c.lower() not in names]
         what = (
@@ -228,8 +234,7 @@ def check_csv_first_line(file: Path, columns: list[str], sep: str, header: bool)
             if missing
             else f"its columns are {fields}, declared {columns} (dataset.columns, in file order)"
         )
-        fits = [s for s in SEPARATORS if s != sep and [f.strip().lower() for f in _split(line, s)]
-                == [c.lower() for c in columns]]  # fmt: skip
+        fits = [s for s in SEPARATORS if s != sep and _names(line, s) == wanted]
         problem = f"header {line[:120]!r} split with the declared separator {sep!r}: {what}"
     else:
         if len(fields) == len(columns):
@@ -246,7 +251,7 @@ def _missing(columns: list[str]) -> str:
     return f"missing column{'s' if len(columns) > 1 else ''} {', '.join(map(repr, columns))}"
 
 
-def check_csv_utf8(file: Path, columns: list[str], sep: str, header: bool) -> None:
+def check_csv_utf8(file: Path, columns: list[str], sep: str) -> None:
     """Refuse bytes that are not UTF-8 (Spark decodes them to U+FFFD without a word). The
     file is decoded in chunks; only a file that fails is read again line by line to name the
     columns and count the rows."""
