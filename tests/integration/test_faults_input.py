@@ -297,6 +297,19 @@ def test_a_corrupt_page_leaves_no_output_in_process(spark, tmp_path: Path) -> No
     require_rows(spark.range(3).toDF("x"), str(data), "train")
 
 
+@pytest.mark.integration
+def test_a_failure_that_is_not_the_inputs_keeps_its_traceback(spark, tmp_path: Path) -> None:
+    # a bug in a job over readable input is not dressed up as "cannot read"
+    from pyspark.errors import PySparkException
+    from pyspark.sql import functions as F
+
+    file = tmp_path / "r.parquet"
+    pq.write_table(_ratings(), file)
+    job = spark.read.parquet(str(file)).select(F.raise_error(F.lit("a bug")))
+    with pytest.raises(PySparkException, match="a bug"), spark_errors(str(file)):
+        job.collect()
+
+
 # ---------------------------------------------------------- feature steps out of order
 
 
