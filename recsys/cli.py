@@ -6,10 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recsys import interrupts
-from recsys.errors import RecsysError
+from recsys.errors import RecsysError, disk_full_error
 from recsys.provenance import record_run
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,19 @@ def _in_sweep() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _output_of(cfg: DictConfig) -> str | None:
+    """The path a task writes (`out`; the pipeline's work_dir; else the run directory), which a
+    disk-full error names when the failed file is a temporary one beside it or unknown."""
+    for key in ("out", "pipeline.work_dir", "paths.output_dir"):
+        try:
+            value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+        except Exception:  # ${hydra:...} outside a Hydra app
+            value = None
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def run_task(
@@ -67,7 +80,9 @@ def _run_checked(
             error_file = Path(HydraConfig.get().runtime.output_dir) / "error.txt"
             error_file.write_text(f"{type(e).__name__}: {e}\n")
             return None
-        if isinstance(e, RecsysError):
-            print(f"error: {e}", file=sys.stderr)
+        # a full disk is the user's to fix, whichever engine (pyarrow, Spark, Ray) reported it
+        error = disk_full_error(e, _output_of(cfg)) or e
+        if isinstance(error, RecsysError):
+            print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         raise

@@ -143,12 +143,25 @@ def rank_candidates(bundle: Bundle, user_raw: list[str], item_raw: np.ndarray) -
         return bundle.ranker(batch).float().numpy().reshape(u, c)
 
 
+def _trained_on(bundle: Bundle) -> str:
+    """The processed data the bundle's two-tower run was trained on, from its manifest."""
+    runs = bundle.manifest.get("runs")
+    retrieval = runs.get("retrieval") if isinstance(runs, dict) else None
+    data = retrieval.get("data") if isinstance(retrieval, dict) else None
+    if not isinstance(data, str) or not data:
+        raise EvaluateError(
+            f"{bundle.path / layout.MANIFEST} lacks 'runs.retrieval.data' (the two-tower run's "
+            "processed data); pass data=<processed dir>"
+        )
+    return data
+
+
 def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
     t0 = time.perf_counter()
     settings.validate()
     bundle = load_bundle(settings.bundle)
     spec = bundle.retrieval_features.spec
-    data = Path(settings.data or bundle.manifest["runs"]["retrieval"]["data"])
+    data = Path(settings.data or _trained_on(bundle))
     if not (data / FEATURE_SPEC_FILE).is_file():
         raise EvaluateError(f"data={data} holds no {FEATURE_SPEC_FILE}")
     if FeatureSpec.load(data) != spec:

@@ -1,5 +1,6 @@
 """What every run records about itself: resolved config, overrides, code version, packages."""
 
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -7,13 +8,12 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -85,17 +85,78 @@ def run_info(cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
     }
 
 
+def _named(e: OSError, path: Path) -> OSError | None:
+    """`e` again with `path` as its file, or None if it names one: a failed write() or
+    close() names none, and a disk-full message should say where."""
+    if e.filename is not None or e.errno is None:
+        return None
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
+@contextmanager
+def open_for_write(path: Path) -> Iterator[BinaryIO]:
+    """`path` opened for binary writing (mode 0o666 less the umask, as `open` does); an
+    OSError raised while it is open names `path`."""
+    try:
+        with open(path, "wb") as f:
+            yield f
+    except OSError as e:
+        named = _named(e, path)
+        if named is None:
+            raise
+        raise named from e
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` from Python, so a full disk is an OSError naming `path`
+    (native writers such as TorchScript's abort the process or lose the errno)."""
+    with open_for_write(path) as f:
+        f.write(data)
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy the files under `source` into `target` (created if needed) with the modes the
+    umask gives new files, not the source's: `shutil.copytree` would carry a 0600 file into a
+    bundle that another user must read."""
+    target.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.rglob("*")):
+        dest = target / path.relative_to(source)
+        if path.is_dir():
+            dest.mkdir(exist_ok=True)
+        else:
+            shutil.copyfile(path, dest)
+
+
+def _new_temp_file(directory: Path, prefix: str) -> tuple[int, Path]:
+    """A new file in `directory`, opened exclusively; unlike `tempfile.mkstemp` (always 0600)
+    its mode is 0o666 less the umask, so a reader running as another user can read it."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        path = directory / f"{prefix}{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {prefix}* in {directory}")
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _new_temp_file(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False)
             f.write("\n")
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        named = _named(e, path)
+        if named is None:
+            raise
+        raise named from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -144,6 +205,7 @@ def swap_in(tmp: Path, out: Path) -> None:
 def temp_dir_for(target: Path) -> Iterator[Path]:
     """A fresh temporary directory beside `target`, swapped in when the block succeeds and
     removed when it fails."""
+    made_parent = not target.parent.exists()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
@@ -152,4 +214,8 @@ def temp_dir_for(target: Path) -> Iterator[Path]:
         swap_in(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if made_parent:
+            # e.g. a run's checkpoints/: an empty directory would look like a started output
+            with contextlib.suppress(OSError):
+                target.parent.rmdir()
         raise

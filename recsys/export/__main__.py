@@ -9,13 +9,16 @@ from omegaconf import DictConfig, OmegaConf
 from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
 from recsys.export.index import IndexSettings
-from recsys.export.writer import ExportSettings, check_export, export_bundle
+from recsys.export.writer import ExportError, ExportSettings, check_export, export_bundle
 
 register_configs()
 
 
 def settings_from_config(cfg: DictConfig) -> ExportSettings:
     """The typed settings of an `export` config (conf/export.yaml)."""
+    for key in ("ranker_run", "retrieval_run"):
+        if OmegaConf.is_missing(cfg, key):
+            raise ExportError(f"{key} is not set: pass {key}=<training run directory>")
     index = OmegaConf.to_container(cfg.index, resolve=True)
     return ExportSettings(
         ranker_run=str(cfg.ranker_run),

@@ -20,6 +20,7 @@ shared library and weights.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from recsys.errors import RecsysError
+from recsys.provenance import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,11 @@ def _save_torchscript(
             best, passes = candidate, [*passes, name]
         else:
             log.warning("TorchScript pass %s skipped: outputs moved by %.3g", name, diff)
-    torch.jit.save(best, str(path))
+    # through memory: TorchScript's zip writer aborts the process (a C++ exception in a
+    # destructor) when a write to a file fails, e.g. on a full disk; Python raises OSError
+    buffer = io.BytesIO()
+    torch.jit.save(best, buffer)
+    write_bytes(path, buffer.getvalue())
     return ModuleReport(file=path.name, format="torchscript", passes=passes)
 
 
@@ -134,11 +140,13 @@ def _save_aoti(module: nn.Module, example: Features, path: Path) -> ModuleReport
         raise ExportFormatError("aoti export needs an example batch of at least 2 rows")
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     shapes = ({name: {0: batch} for name in example},)
+    buffer = io.BytesIO()  # the package is written from Python, as TorchScript's above
     try:
         program = torch.export.export(module, (example,), dynamic_shapes=shapes, strict=False)
-        torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        torch._inductor.aoti_compile_and_package(program, package_path=buffer)
     except Exception as e:
         raise ExportFormatError(f"cannot export {type(module).__name__} with aoti: {e}") from e
+    write_bytes(path, buffer.getvalue())
     return ModuleReport(file=path.name, format="aoti", passes=["export", "aoti_compile"])
 
 

@@ -17,7 +17,8 @@ similarity. Index types (`index.type`):
 `RECALL_TARGET` is the recall@k against exact search the defaults are chosen to reach; the
 export report warns below it.
 
-Files are written with `faiss.write_index` (Faiss's own binary format, not a pickle).
+Files are written with `faiss.write_index` (Faiss's own binary format, not a pickle), through
+a Python file object.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import faiss
 import numpy as np
 
 from recsys.errors import RecsysError
+from recsys.provenance import open_for_write
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +163,10 @@ def recall_at_k(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k:
 
 
 def write_index(index: faiss.Index, path: str | Path) -> None:
-    faiss.write_index(index, str(path))
+    """`faiss.write_index` through a Python file object: a failed write (full disk) is then
+    an OSError naming `path`, and the index is streamed, not copied into memory first."""
+    with open_for_write(Path(path)) as f:
+        faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
 
 
 def read_index(path: str | Path) -> faiss.Index:

@@ -2,7 +2,8 @@
 
 Checks, in order, before anything is loaded: `manifest.json` is there and is JSON; its
 `format_version` is one this code reads; every file it lists exists with the listed sha256;
-no file is there that it does not list. A failing bundle raises `BundleError` naming the file.
+no file is there that it does not list; it holds the entries loading reads (format, models,
+index type). A failing bundle raises `BundleError` naming the file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from recsys.errors import RecsysError
 from recsys.export import layout
-from recsys.export.formats import InferenceModule, load_module
+from recsys.export.formats import FORMATS, InferenceModule, load_module
 from recsys.export.index import read_index
 from recsys.export.tensors import features_of, to_tensors
 from recsys.features.feature_spec import FeatureSpec
@@ -142,6 +143,29 @@ def verify_bundle(directory: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def check_manifest(manifest: dict[str, Any], directory: Path) -> None:
+    """The manifest holds the entries loading reads: format, models (ranker and user tower,
+    each a file and its inputs) and index type; the file hashes do not cover the manifest."""
+    where = directory / layout.MANIFEST
+
+    def entry(node: Any, key: str, kind: type, name: str) -> Any:
+        value = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(value, kind):
+            problem = "lacks" if value is None else f"has a {type(value).__name__} for"
+            raise BundleError(f"{where} {problem} {name!r}; re-export the bundle")
+        return value
+
+    fmt = entry(manifest, "format", str, "format")
+    if fmt not in FORMATS:
+        raise BundleError(f"{where}: format {fmt!r} is not one of {FORMATS}")
+    models = entry(manifest, "models", dict, "models")
+    for role in ("ranker", "user_tower"):
+        model = entry(models, role, dict, f"models.{role}")
+        entry(model, "file", str, f"models.{role}.file")
+        entry(model, "inputs", list, f"models.{role}.inputs")
+    entry(entry(manifest, "index", dict, "index"), "type", str, "index.type")
+
+
 def _snapshot(directory: Path) -> FeatureSnapshot:
     def table(name: str) -> pa.Table:
         path = directory / name
@@ -159,6 +183,7 @@ def load_bundle(directory: str | Path, verify: bool = True) -> Bundle:
     """Check (unless `verify=False`) and load a bundle written by `recsys.export`."""
     directory = Path(directory)
     manifest = verify_bundle(directory) if verify else read_manifest(directory)
+    check_manifest(manifest, directory)
     fmt = manifest["format"]
     models = manifest["models"]
     try:

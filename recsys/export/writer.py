@@ -43,7 +43,7 @@ from recsys.export.index import (
 from recsys.export.tensors import read_table, to_tensors
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, Feature, FeatureSpec
 from recsys.models import build_model
-from recsys.provenance import git_sha, package_versions, swap_in, write_json_atomic
+from recsys.provenance import copy_tree, git_sha, package_versions, swap_in, write_json_atomic
 from recsys.train.checkpoints import CheckpointError, read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -130,13 +130,23 @@ def load_run(run_dir: str | Path, role: str) -> SourceRun:
         raise ExportError(f"{role} run {run_dir}: cannot rebuild the model: {e}") from e
     model.eval()
     result_file = run_dir / "result.json"
-    result = json.loads(result_file.read_text()) if result_file.is_file() else None
+    result = _read_result(result_file) if result_file.is_file() else None
     if result is None:
         log.warning(
             "%s run %s has no result.json (unfinished?); exporting its best epoch", role, run_dir
         )
     data = Path(config["data"])
     return SourceRun(role, run_dir, model, spec, config, ckpt["state"], result, data)
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path} is not readable JSON: {e}") from e
+    if not isinstance(result, dict):
+        raise ExportError(f"{path} does not hold a JSON object")
+    return result
 
 
 def _check_data(run: SourceRun, tables: tuple[str, ...]) -> None:
@@ -175,7 +185,7 @@ def _write_snapshot(run: SourceRun, target: Path) -> dict[str, int]:
     """Spec, fitted pipeline (with vocabularies) and the user / item tables, as single files."""
     target.mkdir(parents=True)
     run.spec.save(target)
-    shutil.copytree(run.data / layout.PIPELINE, target / layout.PIPELINE)
+    copy_tree(run.data / layout.PIPELINE, target / layout.PIPELINE)
     rows = {}
     for source, name, key in (
         ("user_features", layout.USERS, run.spec.user_id),

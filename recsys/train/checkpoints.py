@@ -14,6 +14,7 @@ Written to a temp directory and renamed, so a checkpoint is whole or absent.
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
@@ -26,7 +27,7 @@ import torch
 
 from recsys.errors import RecsysError
 from recsys.features.feature_spec import FeatureSpec
-from recsys.provenance import temp_dir_for, write_json_atomic
+from recsys.provenance import copy_tree, temp_dir_for, write_bytes, write_json_atomic
 
 
 class CheckpointError(RecsysError):
@@ -64,11 +65,11 @@ def write_checkpoint(
     tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        torch.save(model.state_dict(), tmp / "model.pt")
-        torch.save(wrapper_extra, tmp / "wrapper.pt")
-        torch.save([o.state_dict() for o in optimizers], tmp / "optimizer.pt")
+        _save(model.state_dict(), tmp / "model.pt")
+        _save(wrapper_extra, tmp / "wrapper.pt")
+        _save([o.state_dict() for o in optimizers], tmp / "optimizer.pt")
         if scheduler_state is not None:
-            torch.save(scheduler_state, tmp / "scheduler.pt")
+            _save(scheduler_state, tmp / "scheduler.pt")
         write_json_atomic(tmp / "state.json", {**state, "rng": python_numpy_rng_state()})
         spec.save(tmp)
         write_json_atomic(tmp / "config.json", config)
@@ -79,8 +80,16 @@ def write_checkpoint(
     return directory
 
 
+def _save(obj: Any, path: Path) -> None:
+    """`torch.save` through memory: its zip writer, writing to a file, loses the errno of a
+    failed write (a full disk), and may abort the process from a destructor."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
 def write_rank_rng(directory: Path, rank: int) -> None:
-    torch.save(torch.get_rng_state(), directory / f"rng_rank{rank}.pt")
+    _save(torch.get_rng_state(), directory / f"rng_rank{rank}.pt")
 
 
 def _load(path: Path) -> Any:
@@ -104,11 +113,23 @@ def read_checkpoint(directory: str | Path) -> dict[str, Any]:
         "scheduler": _load(directory / "scheduler.pt")
         if (directory / "scheduler.pt").is_file()
         else None,
-        "state": json.loads((directory / "state.json").read_text()),
+        "state": _load_json(directory / "state.json"),
         "spec": FeatureSpec.load(directory),
-        "config": json.loads((directory / "config.json").read_text()),
+        "config": _load_json(directory / "config.json"),
     }
     return loaded
+
+
+def _load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint file {path} is not readable JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint file {path} does not hold a JSON object")
+    return data
 
 
 def read_rank_rng(directory: Path, rank: int) -> torch.Tensor | None:
@@ -119,4 +140,4 @@ def read_rank_rng(directory: Path, rank: int) -> torch.Tensor | None:
 def replace_dir(source: Path, target: Path) -> None:
     """Make `target` a copy of `source`, swapping it in with renames (whole or absent)."""
     with temp_dir_for(target) as tmp:
-        shutil.copytree(source, tmp, dirs_exist_ok=True)
+        copy_tree(source, tmp)

@@ -1,5 +1,9 @@
 """Export building blocks without training: configs, module formats, Faiss index settings."""
 
+import json
+import os
+import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,7 @@ from hydra.errors import ConfigCompositionException
 
 from recsys.config import CONF_DIR, register_configs
 from recsys.evaluate import EvaluateError, EvaluateSettings, settings_from_config
+from recsys.export import layout
 from recsys.export.__main__ import settings_from_config as export_settings
 from recsys.export.formats import ExportFormatError, load_module, save_module
 from recsys.export.index import (
@@ -23,7 +28,10 @@ from recsys.export.index import (
     search,
     write_index,
 )
+from recsys.export.reader import BundleError, load_bundle
+from recsys.export.writer import ExportError, load_run
 from recsys.models.wide_deep import WideDeep
+from recsys.train.checkpoints import CheckpointError, read_checkpoint, write_checkpoint
 from tests.helpers.processed_data import spec
 
 register_configs()
@@ -136,3 +144,67 @@ def test_ivfpq_codes_lose_recall_and_refine_restores_it(tmp_path: Path) -> None:
     write_index(refined, tmp_path / "items.faiss")
     again = read_index(tmp_path / "items.faiss")
     assert recall_at_k(again, vectors, queries, 100) == recall
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["022", "027"])
+def test_module_and_index_files_get_the_umask_s_mode(tmp_path: Path, mask: int, mode: int) -> None:
+    model = WideDeep(spec(), hidden_units=[8])
+    example = {
+        "user": torch.randint(0, 202, (4,)),
+        "item": torch.randint(0, 302, (4,)),
+        "category": torch.randint(0, 12, (4,)),
+        "cross": torch.randint(0, 50, (4,)),
+        "tags": torch.randint(0, 32, (4, 3)),
+        "activity": torch.rand(4),
+    }
+    index, _ = build_index(_unit(np.random.default_rng(0), 50, 8), IndexSettings(type="flat"))
+    old = os.umask(mask)
+    try:
+        save_module(model, example, tmp_path / "ranker.pt", "torchscript")
+        write_index(index, tmp_path / "items.faiss")
+    finally:
+        os.umask(old)
+    for name in ("ranker.pt", "items.faiss"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+    assert read_index(tmp_path / "items.faiss").ntotal == 50
+
+
+def test_a_manifest_without_models_is_named(tmp_path: Path) -> None:
+    (tmp_path / "README.txt").write_text("x")
+    manifest = {
+        "format_version": layout.FORMAT_VERSION,
+        "format": "torchscript",
+        "files": {"README.txt": {"sha256": layout.sha256(tmp_path / "README.txt"), "bytes": 1}},
+    }
+    (tmp_path / layout.MANIFEST).write_text(json.dumps(manifest))
+    where = tmp_path / layout.MANIFEST
+    with pytest.raises(BundleError) as raised:
+        load_bundle(tmp_path)
+    assert str(raised.value) == f"{where} lacks 'models'; re-export the bundle"
+    manifest["models"] = {"ranker": {"file": "ranker.pt", "inputs": []}, "user_tower": "x"}
+    (tmp_path / layout.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"has a str for 'models\.user_tower'"):
+        load_bundle(tmp_path, verify=False)
+
+
+@pytest.mark.parametrize("name", ["config.json", "state.json"])
+def test_a_checkpoint_with_unparsable_json_is_named(tmp_path: Path, name: str) -> None:
+    model = WideDeep(spec(), hidden_units=[8])
+    best = tmp_path / "run" / "checkpoints" / "best"
+    best.parent.mkdir(parents=True)
+    write_checkpoint(
+        best,
+        model=model,
+        wrapper_extra={},
+        optimizers=[torch.optim.Adam(model.parameters())],
+        scheduler_state=None,
+        state={"epoch": 0},
+        spec=spec(),
+        config={"model": {}, "data": "d"},
+    )
+    (best / name).write_text('{"model": ')
+    problem = re.escape(f"checkpoint file {best / name} is not readable JSON")
+    with pytest.raises(CheckpointError, match=problem):
+        read_checkpoint(best)
+    with pytest.raises(ExportError, match=re.escape(f"ranker run {tmp_path / 'run'}: ") + problem):
+        load_run(tmp_path / "run", "ranker")
