@@ -127,7 +127,7 @@ def copy_tree(source: Path, target: Path) -> None:
             shutil.copyfile(path, dest)
 
 
-def _new_temp_file(directory: Path, prefix: str) -> tuple[int, Path]:
+def new_temp_file(directory: Path, prefix: str) -> tuple[int, Path]:
     """A new file in `directory`, opened exclusively; unlike `tempfile.mkstemp` (always 0600)
     its mode is 0o666 less the umask, so a reader running as another user can read it."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -143,7 +143,7 @@ def _new_temp_file(directory: Path, prefix: str) -> tuple[int, Path]:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temp file beside `path`, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _new_temp_file(path.parent, f".{path.name}.")
+    fd, tmp = new_temp_file(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False)

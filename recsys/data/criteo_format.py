@@ -38,13 +38,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
+from recsys.provenance import new_temp_file
 
 Layout = Literal["criteo", "criteo_sample"]
 LAYOUTS: tuple[Layout, ...] = ("criteo", "criteo_sample")
@@ -268,7 +269,7 @@ def write(path: Path, rows: int, seed: int = SAMPLE_SEED, layout: Layout = "crit
     data = generate(rows, seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = new_temp_file(path.parent, f".{path.name}.")  # mkstemp's would be 0600
     try:
         with os.fdopen(fd, "w", newline="\n") as f:
             for line in lines(data, layout):

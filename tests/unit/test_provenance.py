@@ -10,6 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from recsys.data import criteo_format
 from recsys.models.wide_deep import WideDeep
 from recsys.provenance import (
     git_sha,
@@ -119,3 +120,10 @@ def test_a_failed_temp_dir_removes_itself_and_the_parent_it_made(tmp_path: Path)
     with temp_dir_for(target) as tmp:
         (tmp / "model.pt").write_bytes(b"x")
     assert (target / "model.pt").read_bytes() == b"x"
+
+
+def test_generated_criteo_files_get_the_umask_s_mode(tmp_path: Path) -> None:
+    with umask(0o022):
+        path = criteo_format.write(tmp_path / "day_0.tsv", rows=20)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["day_0.tsv"]
