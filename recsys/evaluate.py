@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
 from recsys.errors import RecsysError
 from recsys.export import layout
+from recsys.export.blend import Blend, BlendSettings, choose_weight
 from recsys.export.reader import Bundle, load_bundle
 from recsys.export.tensors import read_table
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, FeatureSpec
@@ -44,8 +45,6 @@ from recsys.provenance import write_json_atomic
 
 log = logging.getLogger(__name__)
 register_configs()
-
-METHODS = ("rank", "retrieval", "popularity")
 
 
 class EvaluateError(RecsysError, ValueError):
@@ -156,12 +155,33 @@ def _trained_on(bundle: Bundle) -> str:
     return data
 
 
-def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    settings.validate()
-    bundle = load_bundle(settings.bundle)
+@dataclass
+class Candidates:
+    """Each evaluated user's recalled candidates, as serving gets them, with both scores."""
+
+    data: Path
+    users: list[int]  # encoded user ids
+    targets: list[set[int]]  # their held-out positive items (encoded)
+    items: np.ndarray  # U x C encoded item ids, best retrieval score first (-1: none)
+    retrieval: np.ndarray  # U x C inner products (-inf: none)
+    ranker: np.ndarray  # U x C ranker logits (-inf: none)
+    skipped: int  # users with positives whom the bundle does not know
+
+
+def recall_candidates(
+    bundle: Bundle,
+    data: str | Path | None,
+    split: str,
+    *,
+    candidates: int,
+    max_users: int | None,
+    batch_size: int,
+    seed: int,
+) -> Candidates:
+    """Recall `candidates` items for (a seeded sample of at most `max_users`) users with
+    positives in `data/split`, score them with the ranker: what serving does per request."""
     spec = bundle.retrieval_features.spec
-    data = Path(settings.data or _trained_on(bundle))
+    data = Path(data or _trained_on(bundle))
     if not (data / FEATURE_SPEC_FILE).is_file():
         raise EvaluateError(f"data={data} holds no {FEATURE_SPEC_FILE}")
     if FeatureSpec.load(data) != spec:
@@ -169,57 +189,134 @@ def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
             f"data={data}: its feature spec differs from the bundle's retrieval spec (other "
             "encodings); pass the processed data the two-tower run was trained on"
         )
-    positives = held_out_positives(data, settings.split, spec)
+    if not (data / split).exists():
+        raise EvaluateError(f"data={data} has no {split}/ split")
+    positives = held_out_positives(data, split, spec)
     user_table = bundle.retrieval_features.users
     key = spec.user_id
     row_of_user = {int(v): i for i, v in enumerate(user_table[key].to_numpy())}
     known = sorted(u for u in positives if u in row_of_user)
     skipped = len(positives) - len(known)
-    rng = np.random.default_rng(settings.seed)
-    if settings.max_users is not None and len(known) > settings.max_users:
-        known = sorted(rng.choice(known, settings.max_users, replace=False).tolist())
+    if max_users is not None and len(known) > max_users:
+        rng = np.random.default_rng(seed)
+        known = sorted(rng.choice(known, max_users, replace=False).tolist())
     if not known:
-        raise EvaluateError(f"{data}/{settings.split}: no known user has a positive interaction")
+        raise EvaluateError(f"{data}/{split}: no known user has a positive interaction")
 
     item_ids = bundle.item_ids[layout.ITEM_ID].to_numpy()
     raw_ids = np.asarray(bundle.item_ids[layout.RAW_ID].to_pylist(), dtype=object)
-    popular = bundle.popularity[layout.ITEM_ID].to_numpy()[: max(settings.k)]
-    k_max = max(settings.k)
-    per_user: dict[str, dict[str, list[float]]] = {m: {} for m in METHODS}
-    n_candidates = min(settings.candidates, bundle.index.ntotal)
-    for start in range(0, len(known), settings.batch_size):
-        batch_users = known[start : start + settings.batch_size]
+    n = min(candidates, bundle.index.ntotal)
+    items, retrieval, ranker = [], [], []
+    for start in range(0, len(known), batch_size):
+        batch_users = known[start : start + batch_size]
         rows = user_table.take([row_of_user[u] for u in batch_users])
         vectors = bundle.user_vectors(rows)
-        _, found = bundle.index.search(np.ascontiguousarray(vectors), n_candidates)
+        inner, found = bundle.index.search(np.ascontiguousarray(vectors), n)
         valid = found >= 0
         found = np.where(valid, found, 0)
-        candidates = item_ids[found]
-        user_raw = rows[f"{key}_raw"].to_pylist()
-        scores = rank_candidates(bundle, user_raw, raw_ids[found])
-        scores = np.where(valid, scores, -np.inf)
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k_max]
-        ranked = {
-            "rank": np.take_along_axis(candidates, order, axis=1),
-            "retrieval": np.where(valid, candidates, -1)[:, :k_max],
-            "popularity": np.tile(popular, (len(batch_users), 1)),
-        }
-        targets = [positives[u] for u in batch_users]
-        for method, items in ranked.items():
-            for name, values in ranking_metrics(items, targets, settings.k).items():
-                per_user[method].setdefault(name, []).extend(values)
+        scores = rank_candidates(bundle, rows[f"{key}_raw"].to_pylist(), raw_ids[found])
+        items.append(np.where(valid, item_ids[found], -1))
+        retrieval.append(np.where(valid, inner, -np.inf))
+        ranker.append(np.where(valid, scores, -np.inf))
         interrupts.pause_point("evaluate")
-    metrics = {m: {n: float(np.mean(v)) for n, v in per_user[m].items()} for m in METHODS}
+    return Candidates(
+        data=data,
+        users=known,
+        targets=[positives[u] for u in known],
+        items=np.concatenate(items),
+        retrieval=np.concatenate(retrieval),
+        ranker=np.concatenate(ranker),
+        skipped=skipped,
+    )
+
+
+def ranked_by(c: Candidates, rule: Blend, k: int) -> np.ndarray:
+    """Each user's top `k` candidates (U x k) by the blend of retrieval and ranker scores
+    (recsys.export.blend: weight 1 = retrieval order, 0 = the ranker's)."""
+    if rule.weight == 1.0:  # the Faiss order itself (ties as Faiss broke them)
+        return c.items[:, :k]
+    scores = rule.scores(c.retrieval, c.ranker)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(c.items, order, axis=1)
+
+
+def mean_metrics(ranked: np.ndarray, targets: list[set[int]], ks: list[int]) -> dict[str, float]:
+    return {n: float(np.mean(v)) for n, v in ranking_metrics(ranked, targets, ks).items()}
+
+
+def choose_blend_weight(
+    bundle: Bundle, data: str | Path | None, settings: BlendSettings
+) -> dict[str, Any]:
+    """The blend weight with the best recall@k on the validation split (the manifest's
+    `blend` entry: weight, split, k, users and every weight's recall)."""
+    c = recall_candidates(
+        bundle,
+        data,
+        settings.split,
+        candidates=settings.candidates,
+        max_users=settings.max_users,
+        batch_size=64,
+        seed=settings.seed,
+    )
+    name = f"recall@{settings.k}"
+    scales = Blend.fitted(0.0, c.retrieval, c.ranker)
+
+    def recall_at(weight: float) -> float:
+        rule = replace(scales, weight=weight)
+        return mean_metrics(ranked_by(c, rule, settings.k), c.targets, [settings.k])[name]
+
+    weight, values = choose_weight(recall_at)
+    log.info(
+        "blend weight %.1f (%s on %s: %s)",
+        weight,
+        name,
+        settings.split,
+        ", ".join(f"{w:.1f} {v:.4f}" for w, v in values.items()),
+    )
+    return {
+        **asdict(replace(scales, weight=weight)),
+        "chosen_on": settings.split,
+        "metric": name,
+        "users": len(c.users),
+        "candidates": int(c.items.shape[1]),
+        "values": {f"{w:.1f}": round(v, 6) for w, v in values.items()},
+    }
+
+
+def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    settings.validate()
+    bundle = load_bundle(settings.bundle)
+    c = recall_candidates(
+        bundle,
+        settings.data,
+        settings.split,
+        candidates=settings.candidates,
+        max_users=settings.max_users,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+    )
+    k_max = max(settings.k)
+    rule = Blend.of_manifest(bundle.manifest)
+    popular = bundle.popularity[layout.ITEM_ID].to_numpy()[:k_max]
+    ranked = {
+        "blend": ranked_by(c, rule, k_max),
+        "rank": ranked_by(c, Blend(weight=0.0), k_max),
+        "retrieval": ranked_by(c, Blend(weight=1.0), k_max),
+        "popularity": np.tile(popular, (len(c.users), 1)),
+    }
+    metrics = {m: mean_metrics(items, c.targets, settings.k) for m, items in ranked.items()}
     report = {
         "bundle": str(Path(settings.bundle).resolve()),
-        "data": str(data),
+        "data": str(c.data),
         "split": settings.split,
-        "users": len(known),
-        "users_unknown_to_bundle": skipped,
-        "positives": int(sum(len(positives[u]) for u in known)),
-        "candidates": n_candidates,
+        "users": len(c.users),
+        "users_unknown_to_bundle": c.skipped,
+        "positives": int(sum(len(t) for t in c.targets)),
+        "candidates": int(c.items.shape[1]),
         "k": list(settings.k),
         "index": bundle.manifest["index"]["type"],
+        "blend_weight": rule.weight,
         "context_features": "missing (0): offline rows carry no request context",
         "metrics": metrics,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -228,6 +325,23 @@ def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
         write_json_atomic(Path(settings.out), report)
     log.info(format_report(report))
     return report
+
+
+def recall_headline(report: dict[str, Any]) -> str:
+    """Recall at the largest K of the served path next to its stages and popularity, saying
+    in words when the served path loses to one of them."""
+    k = max(report["k"])
+    name = f"recall@{k}"
+    m = {method: values[name] for method, values in report["metrics"].items()}
+    text = (
+        f"served (blend {report.get('blend_weight', 0.0):.1f}) {m['blend']:.4f}, "
+        f"recall+rank {m['rank']:.4f}, two-tower recall {m['retrieval']:.4f}, "
+        f"popularity {m['popularity']:.4f}"
+    )
+    losses = [other for other in ("retrieval", "popularity") if m["blend"] < m[other]]
+    if losses:
+        text += f"; the served path is BELOW {' and '.join(losses)}"
+    return text
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -443,7 +443,7 @@ def stage_export(state: PipelineState) -> StageRecord:
 
 
 def stage_evaluate(state: PipelineState) -> StageRecord:
-    from recsys.evaluate import evaluate_bundle, settings_from_config
+    from recsys.evaluate import evaluate_bundle, recall_headline, settings_from_config
 
     report_file = state.path(STAGE_DIR, "evaluation.json")
     stage_cfg = compose_stage(
@@ -460,16 +460,11 @@ def stage_evaluate(state: PipelineState) -> StageRecord:
 
     def run() -> StageRecord:
         report = evaluate_bundle(settings_from_config(stage_cfg))
-        k = max(report["k"])
-        metrics = report["metrics"]
         return StageRecord(
             "evaluate",
             0.0,
             False,
-            f"recall@{k}: recall+rank {metrics['rank'][f'recall@{k}']:.4f}, "
-            f"retrieval {metrics['retrieval'][f'recall@{k}']:.4f}, "
-            f"popularity {metrics['popularity'][f'recall@{k}']:.4f} "
-            f"({report['users']:,} users)",
+            f"recall@{max(report['k'])}: {recall_headline(report)} ({report['users']:,} users)",
             {"report": report},
         )
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from recsys.evaluate import recall_headline
 from recsys.features.feature_spec import FeatureSpec
 
 if TYPE_CHECKING:
@@ -148,12 +149,7 @@ def headline(state: PipelineState) -> list[str]:
     if evaluate is not None:
         report = evaluate.details["report"]
         k = max(report["k"])
-        m = report["metrics"]
-        lines.append(
-            f"Recall@{k} on held-out interactions: recall+rank {m['rank'][f'recall@{k}']:.4f}, "
-            f"two-tower recall {m['retrieval'][f'recall@{k}']:.4f}, "
-            f"popularity {m['popularity'][f'recall@{k}']:.4f}"
-        )
+        lines.append(f"Recall@{k} on held-out interactions: {recall_headline(report)}")
     serve = records.get("serve")
     if serve is not None:
         ms = sorted(a["ms"] for a in serve.details["answers"])

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from recsys.config.schema import ServeConfig
 from recsys.export import layout as bundle_layout
+from recsys.export.blend import Blend
 from recsys.export.reader import Bundle, load_bundle
 from recsys.export.tensors import features_of
 from recsys.features.columns import FeatureError
@@ -87,6 +88,8 @@ class ServingModel:
         self.ranker_spec = bundle.ranker_features.spec
         self.retrieval_spec = bundle.retrieval_features.spec
         self.ranker_inputs = [self.ranker_spec[n] for n in bundle.ranker_inputs]
+        # the final score's mix of retrieval and ranker scores, chosen at export
+        self.blend = Blend.of_manifest(bundle.manifest)
         self.tower_inputs = features_of(self.retrieval_spec, ("user_tower",))
         self.dim = int(bundle.index.d)
         ids = bundle.item_ids

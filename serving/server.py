@@ -485,9 +485,10 @@ class RecommenderService(recommender_pb2_grpc.RecommenderServicer):
             fallback = False
             ids, scores = [], np.zeros(0, np.float32)
             if ranked is not None:
-                order = np.argsort(-ranked.scores, kind="stable")[:k]
+                final = model.blend.scores(recalled.scores, ranked.scores)
+                order = np.argsort(-final, kind="stable")[:k]
                 ids = [recalled.item_ids[i] for i in order]
-                scores = ranked.scores[order]
+                scores = final[order]
                 timings.features_ms += ranked.features_ms
                 timings.rank_ms = ranked.rank_ms
         timings.total_ms = (time.perf_counter() - t0) * 1e3

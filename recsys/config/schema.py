@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING
 
+from recsys.export.blend import BlendSettings
+
 # --------------------------------------------------------------------------- paths
 
 
@@ -348,6 +350,8 @@ class ExportConfig:
     embed_batch_size: int = 8192
     example_rows: int = 256
     index: IndexConfig = field(default_factory=IndexConfig)
+    # the settings class itself: no mirror to keep in step
+    blend: BlendSettings = field(default_factory=BlendSettings)
     paths: Any = MISSING
 
 

@@ -29,6 +29,7 @@ def settings_from_config(cfg: DictConfig) -> ExportSettings:
         embed_batch_size=int(cfg.embed_batch_size),
         example_rows=int(cfg.example_rows),
         index=IndexSettings.from_mapping(index),
+        blend=OmegaConf.to_object(cfg.blend),
     )
 
 

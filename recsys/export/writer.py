@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from recsys import interrupts
 from recsys.errors import RecsysError
 from recsys.export import layout
+from recsys.export.blend import BlendSettings
 from recsys.export.formats import ModuleReport, check_format, file_name, save_module
 from recsys.export.index import (
     RECALL_TARGET,
@@ -40,6 +41,7 @@ from recsys.export.index import (
     recall_at_k,
     write_index,
 )
+from recsys.export.reader import load_bundle
 from recsys.export.tensors import read_table, to_tensors
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, Feature, FeatureSpec
 from recsys.models import build_model
@@ -67,6 +69,7 @@ class ExportSettings:
     embed_batch_size: int = 8192
     example_rows: int = 256
     index: IndexSettings = field(default_factory=IndexSettings)
+    blend: BlendSettings = field(default_factory=BlendSettings)
 
     def validate(self) -> None:
         try:
@@ -76,6 +79,10 @@ class ExportSettings:
         if self.embed_batch_size < 1 or self.example_rows < 2:
             raise ExportError("embed_batch_size must be >= 1 and example_rows >= 2")
         self.index.validate()
+        try:
+            self.blend.validate()
+        except RecsysError as e:
+            raise ExportError(str(e)) from None
 
 
 @dataclass
@@ -301,6 +308,8 @@ def export_bundle(settings: ExportSettings) -> dict[str, Any]:
     tmp.mkdir()
     try:
         manifest = _write(settings, ranker, retrieval, tmp)
+        write_json_atomic(tmp / layout.MANIFEST, manifest)
+        manifest["blend"] = _blend_entry(settings.blend, tmp, retrieval)
         manifest["export_seconds"] = round(time.perf_counter() - t0, 2)
         write_json_atomic(tmp / layout.MANIFEST, manifest)
         swap_in(tmp, out)
@@ -309,6 +318,23 @@ def export_bundle(settings: ExportSettings) -> dict[str, Any]:
         raise
     log.info(format_summary(manifest, out))
     return manifest
+
+
+def _blend_entry(settings: BlendSettings, tmp: Path, retrieval: SourceRun) -> dict[str, Any]:
+    """The manifest's `blend` entry: the configured weight, or the one with the best recall
+    on the retrieval data's validation split, measured through the bundle just written."""
+    if settings.weight is not None:
+        return {"weight": float(settings.weight), "chosen_on": "config"}
+    if not (retrieval.data / settings.split).exists():
+        log.warning(
+            "blend weight 0 (the ranker's order): %s has no %s/ split to choose it on",
+            retrieval.data,
+            settings.split,
+        )
+        return {"weight": 0.0, "chosen_on": f"none ({settings.split}/ missing)"}
+    from recsys.evaluate import choose_blend_weight  # evaluation reads bundles; not the reverse
+
+    return choose_blend_weight(load_bundle(tmp), retrieval.data, settings)
 
 
 def _write(

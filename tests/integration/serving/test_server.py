@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import shutil
 import socket
 import threading
 import urllib.request
@@ -18,6 +20,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from recsys.export.blend import Blend
 from recsys.export.reader import load_bundle
 from serving import client as client_cli
 from serving.client import RecommenderClient
@@ -455,3 +458,35 @@ def test_user_vector_table_holds_what_the_tower_computes_per_request(serving_bun
     finally:
         for model in (table, per_request, too_small):
             model.close()
+
+
+def test_recommend_orders_by_the_bundles_blend_of_recall_and_ranker_scores(
+    serving_bundle: Path, tmp_path: Path
+) -> None:
+    """The blend stored in the manifest is the one serving applies: Recommend's order and
+    scores equal Blend.scores of the Recall scores and the Ranking logits of the same items."""
+    blended = tmp_path / "bundle"
+    shutil.copytree(serving_bundle, blended)
+    manifest = json.loads((blended / "manifest.json").read_text())
+    rule = Blend(weight=0.4, retrieval_mean=0.1, retrieval_std=0.2, ranker_mean=-0.3, ranker_std=2)
+    manifest["blend"] = {**dataclasses.asdict(rule), "chosen_on": "test"}
+    (blended / "manifest.json").write_text(json.dumps(manifest))
+    user = load_bundle(blended).retrieval_features.users["user_raw"].to_pylist()[0]
+    with start_background({"bundle": str(blended), "candidate_count": 40}) as handle:
+        with grpc.insecure_channel(handle.target) as ch:
+            recalled = recall_pb2_grpc.RecallStub(ch).Search(
+                recall_pb2.SearchRequest(user_id=user, k=40)
+            )
+            items = [i.item_id for i in recalled.items]
+            ranked = ranking_pb2_grpc.RankingStub(ch).Rank(
+                ranking_pb2.RankRequest(user_id=user, item_ids=items)
+            )
+        with RecommenderClient(handle.target) as client:
+            served = client.recommend(user, k=10)
+    expected = rule.scores(np.float32([i.score for i in recalled.items]), np.float32(ranked.scores))
+    order = np.argsort(-expected, kind="stable")[:10]
+    assert served.items == [items[i] for i in order]
+    np.testing.assert_allclose(served.scores, expected[order], rtol=1e-5)
+    # the two stages disagree here, so the order above is the blend's, not one stage's
+    by_rank = [items[i] for i in np.argsort(-np.float32(ranked.scores), kind="stable")[:10]]
+    assert by_rank != items[:10]
