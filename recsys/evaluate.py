@@ -12,8 +12,12 @@ K, as the mean over users:
     recall@K = |top K ∩ positives| / |positives|
     ndcg@K   = DCG@K / ideal DCG@K (binary gains, ideal = min(|positives|, K) hits on top)
 
-for `rank` (recall + rank, what serving returns), `retrieval` (Faiss order, no ranker) and
-`popularity` (the bundle's cold-start list, the same for everyone). Written as JSON to `out`.
+for `blend` (what serving returns: the two-tower's candidates ordered by the bundle's blend of
+retrieval and ranker scores, recsys/export/blend.py), `rank` (the ranker's order alone),
+`retrieval` (Faiss order, no ranker), and two baselines on the same users: `popularity` (the
+items with most positive train interactions) and `item_knn` (recsys/baselines.py). With
+`exclude_train` (the default) each user's positive train items are left out of every list and
+of the held-out positives. Written as JSON to `out`.
 `data` must be the processed data the two-tower run was trained on (its encodings); null takes
 the path recorded in the bundle's manifest.
 """
@@ -33,6 +37,7 @@ import torch
 from omegaconf import DictConfig
 
 from recsys import interrupts
+from recsys.baselines import item_knn_top, item_neighbours, popularity_top
 from recsys.cli import run_task
 from recsys.config import CONF_DIR, register_configs
 from recsys.errors import RecsysError
@@ -62,6 +67,8 @@ class EvaluateSettings:
     batch_size: int = 256
     seed: int = 0
     out: str | None = None
+    exclude_train: bool = True
+    knn_neighbours: int = 100
 
     def validate(self) -> None:
         if not self.k or min(self.k) < 1:
@@ -70,6 +77,8 @@ class EvaluateSettings:
             raise EvaluateError(f"candidates ({self.candidates}) must be >= max(k) {max(self.k)}")
         if self.batch_size < 1 or (self.max_users is not None and self.max_users < 1):
             raise EvaluateError("batch_size and max_users must be >= 1")
+        if self.knn_neighbours < 1:
+            raise EvaluateError(f"knn_neighbours must be >= 1, got {self.knn_neighbours}")
 
 
 def _dcg_discounts(k: int) -> np.ndarray:
@@ -166,6 +175,8 @@ class Candidates:
     retrieval: np.ndarray  # U x C inner products (-inf: none)
     ranker: np.ndarray  # U x C ranker logits (-inf: none)
     skipped: int  # users with positives whom the bundle does not know
+    history: list[set[int]] = field(default_factory=list)  # their positive train items
+    excluded: bool = False  # `history` left out of candidates and targets
 
 
 def recall_candidates(
@@ -177,9 +188,14 @@ def recall_candidates(
     max_users: int | None,
     batch_size: int,
     seed: int,
+    exclude_train: bool = False,
 ) -> Candidates:
     """Recall `candidates` items for (a seeded sample of at most `max_users`) users with
-    positives in `data/split`, score them with the ranker: what serving does per request."""
+    positives in `data/split`, score them with the ranker: what serving does per request.
+
+    With `exclude_train`, each user's positive train items are left out of the candidates
+    (as a request's `exclude_item_ids`) and of the held-out positives (they cannot be hit);
+    users with no other positive are not evaluated."""
     spec = bundle.retrieval_features.spec
     data = Path(data or _trained_on(bundle))
     if not (data / FEATURE_SPEC_FILE).is_file():
@@ -192,6 +208,10 @@ def recall_candidates(
     if not (data / split).exists():
         raise EvaluateError(f"data={data} has no {split}/ split")
     positives = held_out_positives(data, split, spec)
+    history = held_out_positives(data, "train", spec)
+    if exclude_train:
+        positives = {u: p - history.get(u, set()) for u, p in positives.items()}
+        positives = {u: p for u, p in positives.items() if p}
     user_table = bundle.retrieval_features.users
     key = spec.user_id
     row_of_user = {int(v): i for i, v in enumerate(user_table[key].to_numpy())}
@@ -211,7 +231,11 @@ def recall_candidates(
         batch_users = known[start : start + batch_size]
         rows = user_table.take([row_of_user[u] for u in batch_users])
         vectors = bundle.user_vectors(rows)
-        inner, found = bundle.index.search(np.ascontiguousarray(vectors), n)
+        seen = [history.get(u, set()) if exclude_train else set() for u in batch_users]
+        wanted = min(n + max(map(len, seen)), bundle.index.ntotal)
+        inner, found = bundle.index.search(np.ascontiguousarray(vectors), wanted)
+        if exclude_train:
+            inner, found = _without(inner, found, item_ids, seen, n)
         valid = found >= 0
         found = np.where(valid, found, 0)
         scores = rank_candidates(bundle, rows[f"{key}_raw"].to_pylist(), raw_ids[found])
@@ -227,7 +251,25 @@ def recall_candidates(
         retrieval=np.concatenate(retrieval),
         ranker=np.concatenate(ranker),
         skipped=skipped,
+        history=[history.get(u, set()) for u in known],
+        excluded=exclude_train,
     )
+
+
+def _without(
+    inner: np.ndarray, rows: np.ndarray, item_ids: np.ndarray, seen: list[set[int]], n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first `n` search results per user whose item is not in that user's `seen`."""
+    out_inner = np.full((len(seen), n), -np.inf, inner.dtype)
+    out_rows = np.full((len(seen), n), -1, rows.dtype)
+    for u, skip in enumerate(seen):
+        keep = rows[u] >= 0
+        if skip:
+            keep &= ~np.isin(item_ids[np.maximum(rows[u], 0)], list(skip))
+        kept = np.flatnonzero(keep)[:n]
+        out_inner[u, : len(kept)] = inner[u, kept]
+        out_rows[u, : len(kept)] = rows[u, kept]
+    return out_inner, out_rows
 
 
 def ranked_by(c: Candidates, rule: Blend, k: int) -> np.ndarray:
@@ -257,6 +299,7 @@ def choose_blend_weight(
         max_users=settings.max_users,
         batch_size=64,
         seed=settings.seed,
+        exclude_train=settings.exclude_train,
     )
     name = f"recall@{settings.k}"
     scales = Blend.fitted(0.0, c.retrieval, c.ranker)
@@ -295,15 +338,26 @@ def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
         max_users=settings.max_users,
         batch_size=settings.batch_size,
         seed=settings.seed,
+        exclude_train=settings.exclude_train,
     )
     k_max = max(settings.k)
     rule = Blend.of_manifest(bundle.manifest)
-    popular = bundle.popularity[layout.ITEM_ID].to_numpy()[:k_max]
+    spec = bundle.retrieval_features.spec
+    train = read_table(c.data / "train", columns=[spec.user_id, spec.item_id])
+    users, items = train[spec.user_id].to_numpy(), train[spec.item_id].to_numpy()
+    if spec.label:
+        positive = read_table(c.data / "train", columns=[spec.label])[spec.label].to_numpy() > 0.5
+        users, items = users[positive], items[positive]
+    exclude = c.history if c.excluded else None
+    neighbour_ids, neighbour_sims = item_neighbours(
+        users, items, int(spec[spec.item_id].size), settings.knn_neighbours
+    )
     ranked = {
         "blend": ranked_by(c, rule, k_max),
         "rank": ranked_by(c, Blend(weight=0.0), k_max),
         "retrieval": ranked_by(c, Blend(weight=1.0), k_max),
-        "popularity": np.tile(popular, (len(c.users), 1)),
+        "popularity": popularity_top(items, k_max, len(c.users), exclude),
+        "item_knn": item_knn_top(c.history, neighbour_ids, neighbour_sims, k_max, exclude),
     }
     metrics = {m: mean_metrics(items, c.targets, settings.k) for m, items in ranked.items()}
     report = {
@@ -317,6 +371,7 @@ def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
         "k": list(settings.k),
         "index": bundle.manifest["index"]["type"],
         "blend_weight": rule.weight,
+        "train_items_excluded": c.excluded,
         "context_features": "missing (0): offline rows carry no request context",
         "metrics": metrics,
         "seconds": round(time.perf_counter() - t0, 2),
@@ -338,7 +393,9 @@ def recall_headline(report: dict[str, Any]) -> str:
         f"recall+rank {m['rank']:.4f}, two-tower recall {m['retrieval']:.4f}, "
         f"popularity {m['popularity']:.4f}"
     )
-    losses = [other for other in ("retrieval", "popularity") if m["blend"] < m[other]]
+    baselines = ("retrieval", "popularity", "item_knn")
+    text += f", item-kNN {m['item_knn']:.4f}" if "item_knn" in m else ""
+    losses = [other for other in baselines if other in m and m["blend"] < m[other]]
     if losses:
         text += f"; the served path is BELOW {' and '.join(losses)}"
     return text
@@ -368,6 +425,8 @@ def settings_from_config(cfg: DictConfig) -> EvaluateSettings:
         batch_size=int(cfg.batch_size),
         seed=int(cfg.seed),
         out=str(cfg.out),
+        exclude_train=bool(cfg.exclude_train),
+        knn_neighbours=int(cfg.knn_neighbours),
     )
 
 

@@ -367,6 +367,8 @@ class EvaluateConfig:
     batch_size: int = 256
     seed: int = 0
     out: str = "${paths.output_dir}/evaluation.json"
+    exclude_train: bool = True
+    knn_neighbours: int = 100
     paths: Any = MISSING
 
 

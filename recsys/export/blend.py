@@ -38,6 +38,7 @@ class BlendSettings:
     candidates: int = 200
     max_users: int | None = 1000
     seed: int = 0
+    exclude_train: bool = True
 
     def validate(self) -> None:
         if self.weight is not None and not 0.0 <= self.weight <= 1.0:

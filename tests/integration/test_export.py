@@ -339,7 +339,7 @@ def test_evaluate_two_tower_beats_popularity(runs: dict[str, Path], bundle_dir: 
     assert json.loads(out.read_text()) == report
     assert report["users"] > 100 and report["data"] == str(runs["data"])
     metrics = report["metrics"]
-    assert set(metrics) == {"rank", "retrieval", "popularity"}
+    assert set(metrics) == {"blend", "rank", "retrieval", "popularity", "item_knn"}
     for method in metrics.values():
         for k in (10, 50):
             assert 0.0 <= method[f"ndcg@{k}"] <= 1.0 and 0.0 <= method[f"recall@{k}"] <= 1.0
