@@ -233,7 +233,7 @@ def recall_candidates(
         vectors = bundle.user_vectors(rows)
         seen = [history.get(u, set()) if exclude_train else set() for u in batch_users]
         wanted = min(n + max(map(len, seen)), bundle.index.ntotal)
-        inner, found = bundle.index.search(np.ascontiguousarray(vectors), wanted)
+        inner, found = bundle.index.search(bundle.query_vectors(vectors), wanted)
         if exclude_train:
             inner, found = _without(inner, found, item_ids, seen, n)
         valid = found >= 0

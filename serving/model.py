@@ -91,7 +91,7 @@ class ServingModel:
         # the final score's mix of retrieval and ranker scores, chosen at export
         self.blend = Blend.of_manifest(bundle.manifest)
         self.tower_inputs = features_of(self.retrieval_spec, ("user_tower",))
-        self.dim = int(bundle.index.d)
+        self.dim = bundle.vector_dim
         ids = bundle.item_ids
         if bundle_layout.RAW_ID not in ids.column_names:
             raise RequestError("bundle", f"{bundle.path}: item_ids.parquet has no raw ids")
@@ -271,10 +271,10 @@ class ServingModel:
                 return Recalled([], np.zeros(0, np.float32), False, features_ms)
         elif vector.shape != (1, self.dim):
             raise RequestError(
-                "user_vector", f"has {vector.size} values; the index has {self.dim} dimensions"
+                "user_vector", f"has {vector.size} values; user vectors have {self.dim} dimensions"
             )
         n = min(self.items, k + len(exclude))
-        scores, rows = self.bundle.index.search(vector, n)
+        scores, rows = self.bundle.index.search(self.bundle.query_vectors(vector), n)
         scores, rows = scores[0], rows[0]
         keep = rows >= 0
         keep[keep] = self.rankable[rows[keep]]

@@ -327,7 +327,7 @@ class IndexConfig:
     type: str = "hnsw"  # flat | hnsw | ivfpq
     hnsw_m: int = 32
     ef_construction: int = 64
-    ef_search: int = 256
+    ef_search: int = 512
     nlist: int | None = None
     nprobe: int = 32
     pq_m: int | None = None

@@ -39,6 +39,8 @@ class BlendSettings:
     max_users: int | None = 1000
     seed: int = 0
     exclude_train: bool = True
+    # the index's popularity prior (recsys/export/prior.py); None: chosen on `split`
+    prior_beta: float | None = None
 
     def validate(self) -> None:
         if self.weight is not None and not 0.0 <= self.weight <= 1.0:
@@ -50,6 +52,8 @@ class BlendSettings:
             )
         if self.max_users is not None and self.max_users < 1:
             raise RecsysError(f"blend.max_users must be null or >= 1, got {self.max_users}")
+        if self.prior_beta is not None and not self.prior_beta >= 0:
+            raise RecsysError(f"blend.prior_beta must be null or >= 0, got {self.prior_beta}")
 
 
 @dataclass(frozen=True)

@@ -56,7 +56,7 @@ class IndexSettings:
     type: str = "hnsw"
     hnsw_m: int = 32
     ef_construction: int = EF_CONSTRUCTION
-    ef_search: int = 256
+    ef_search: int = 512
     nlist: int | None = None
     nprobe: int = 32
     pq_m: int | None = None

@@ -24,6 +24,7 @@ from recsys.errors import RecsysError
 from recsys.export import layout
 from recsys.export.formats import FORMATS, InferenceModule, load_module
 from recsys.export.index import read_index
+from recsys.export.prior import Prior
 from recsys.export.tensors import features_of, to_tensors
 from recsys.features.feature_spec import FeatureSpec
 from recsys.features.pipeline import FeaturePipeline
@@ -96,6 +97,20 @@ class Bundle:
         spec = self.retrieval_features.spec
         batch = to_tensors(users, features_of(spec, ("user_tower",)), "users")
         return self.user_tower(batch).detach().float().numpy()
+
+    @property
+    def prior(self) -> Prior | None:
+        return Prior.of_manifest(self.manifest)
+
+    @property
+    def vector_dim(self) -> int:
+        """Dimensions of a user vector (the index's, less the prior's component if any)."""
+        return int(self.index.d) - (1 if self.prior is not None else 0)
+
+    def query_vectors(self, vectors: np.ndarray) -> np.ndarray:
+        """User vectors (B x D) as the index's queries (with the prior's component)."""
+        prior = self.prior
+        return prior.queries(vectors) if prior is not None else np.ascontiguousarray(vectors)
 
     def ranker_batch(self, rows: pa.Table) -> dict[str, Tensor]:
         """The ranker's input tensors from a table holding its input columns."""

@@ -41,6 +41,7 @@ from recsys.export.index import (
     recall_at_k,
     write_index,
 )
+from recsys.export.prior import BETAS, Prior, choose_beta, scale_for
 from recsys.export.reader import load_bundle
 from recsys.export.tensors import read_table, to_tensors
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, Feature, FeatureSpec
@@ -227,6 +228,102 @@ def _item_vectors(
     return vectors, {"items": items.num_rows, "seconds": round(time.perf_counter() - t0, 3)}
 
 
+def _interactions(run: SourceRun, items: pa.Table) -> np.ndarray:
+    """Positive train interactions (rows when there is no label) of each row of `items`."""
+    spec = run.spec
+    columns = [spec.item_id] + ([spec.label] if spec.label else [])
+    train = read_table(run.data / "train", columns=columns)
+    ids = train[spec.item_id].to_numpy()
+    if spec.label:
+        ids = ids[train[spec.label].to_numpy() > 0.5]
+    item_ids = items[spec.item_id].to_numpy()
+    counts = np.bincount(ids, minlength=int(item_ids.max(initial=0)) + 1)
+    return counts[item_ids].astype(np.int64)
+
+
+def _retrieval_prior(
+    settings: BlendSettings,
+    run: SourceRun,
+    users: pa.Table,
+    items: pa.Table,
+    vectors: np.ndarray,
+    interactions: np.ndarray,
+) -> tuple[Prior | None, dict[str, Any] | None]:
+    """The index's popularity prior (recsys/export/prior.py): the configured beta, or the one
+    with the best recall@k on the validation split by exact search; none at beta 0."""
+    scale = scale_for(interactions)
+    if settings.prior_beta is not None:
+        beta, record = float(settings.prior_beta), {"chosen_on": "config"}
+    elif not (run.data / settings.split).exists():
+        log.warning(
+            "no retrieval prior: %s has no %s/ split to choose it on", run.data, settings.split
+        )
+        return None, None
+    else:
+        beta, values, n_users = _choose_beta(settings, run, users, items, vectors, interactions)
+        record = {
+            "chosen_on": settings.split,
+            "metric": f"recall@{settings.k}",
+            "users": n_users,
+            "values": {f"{b:g}": round(v, 6) for b, v in values.items()},
+        }
+        log.info(
+            "retrieval prior beta %g (recall@%d on %s: %s)",
+            beta,
+            settings.k,
+            settings.split,
+            ", ".join(f"{b:g} {v:.4f}" for b, v in values.items()),
+        )
+    if beta == 0:
+        return None, {"beta": 0.0, "scale": scale, **record}
+    return Prior(beta=beta, scale=scale), {"beta": beta, "scale": scale, **record}
+
+
+def _choose_beta(
+    settings: BlendSettings,
+    run: SourceRun,
+    users: pa.Table,
+    items: pa.Table,
+    vectors: np.ndarray,
+    interactions: np.ndarray,
+) -> tuple[float, dict[float, float], int]:
+    from recsys.evaluate import held_out_positives, ranking_metrics  # it reads bundles
+
+    spec = run.spec
+    positives = held_out_positives(run.data, settings.split, spec)
+    history = held_out_positives(run.data, "train", spec) if settings.exclude_train else {}
+    positives = {u: p - history.get(u, set()) for u, p in positives.items()}
+    row_of_user = {int(v): i for i, v in enumerate(users[spec.user_id].to_numpy())}
+    known = sorted(u for u, p in positives.items() if p and u in row_of_user)
+    if settings.max_users is not None and len(known) > settings.max_users:
+        rng = np.random.default_rng(settings.seed)
+        known = sorted(rng.choice(known, settings.max_users, replace=False).tolist())
+    if not known:
+        return 0.0, {0.0: 0.0}, 0
+    features = spec.for_input("user_tower")
+    item_ids = items[spec.item_id].to_numpy()
+    log_pop = np.log1p(interactions).astype(np.float32)
+    k = min(settings.k, len(item_ids))
+    hits: dict[float, list[float]] = {b: [] for b in BETAS}
+    for start in range(0, len(known), 256):
+        part = known[start : start + 256]
+        batch = to_tensors(users.take([row_of_user[u] for u in part]), features, "users")
+        with torch.no_grad():
+            base = run.model.user_tower(batch).float().numpy() @ vectors.T  # B x N
+        for row, u in enumerate(part):
+            seen = history.get(u)
+            if seen:
+                base[row, np.isin(item_ids, list(seen))] = -np.inf
+        for beta in BETAS:
+            scores = base + beta * log_pop
+            top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            targets = [positives[u] for u in part]
+            hits[beta] += ranking_metrics(item_ids[top], targets, [k])[f"recall@{k}"]
+    values = {b: float(np.mean(v)) for b, v in hits.items()}
+    beta, values = choose_beta(lambda b: values[b])
+    return beta, values, len(known)
+
+
 def _user_sample(run: SourceRun, users: pa.Table, n: int, seed: int) -> np.ndarray:
     features = run.spec.for_input("user_tower")
     if n == 0 or users.num_rows == 0:
@@ -370,6 +467,15 @@ def _write(
     vectors, embed = _item_vectors(retrieval, items, settings.embed_batch_size)
     stages["item_vectors"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
+    users = pq.read_table(tmp / "retrieval" / layout.USERS)
+    interactions = _interactions(retrieval, items)
+    prior, prior_record = _retrieval_prior(
+        settings.blend, retrieval, users, items, vectors, interactions
+    )
+    if prior is not None:
+        vectors = prior.items(vectors, interactions)
+    stages["retrieval_prior"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
     index, params = build_index(vectors, settings.index)
     write_index(index, tmp / layout.INDEX)
     key = retrieval.spec.item_id
@@ -381,9 +487,10 @@ def _write(
     t = time.perf_counter()
 
     # recall of the index against exact search, on a sample of users
-    users = pq.read_table(tmp / "retrieval" / layout.USERS)
     s = settings.index
     queries = _user_sample(retrieval, users, s.recall_users, s.seed)
+    if prior is not None and len(queries):
+        queries = prior.queries(queries)
     recall = recall_at_k(index, vectors, queries, s.recall_k) if len(queries) else None
     k = min(s.recall_k, len(vectors))
     log.info(
@@ -439,6 +546,7 @@ def _write(
         },
         "tables": tables,
         "popularity": {"file": layout.POPULARITY, "items": popular.num_rows},
+        **({"retrieval_prior": prior_record} if prior_record else {}),
         "runs": {"ranker": _run_record(ranker), "retrieval": _run_record(retrieval)},
         "stages": stages,
         "files": files,

@@ -27,6 +27,7 @@ from recsys.export import (
     layout,
     load_bundle,
 )
+from recsys.export.blend import BlendSettings
 from recsys.export.index import IndexSettings, exact_top_k
 from recsys.export.tensors import features_of, read_table, to_tensors
 from recsys.export.writer import load_run
@@ -141,21 +142,34 @@ def test_snapshots_serve_features_by_raw_id_and_transform_raw_rows(
     assert counts[0] == int(train["label"].to_numpy()[mask].sum())
 
 
-def test_flat_index_returns_the_exact_top_k(runs: dict[str, Path], tmp_path: Path) -> None:
-    manifest = _export(runs, tmp_path / "flat", index=IndexSettings(type="flat"))
+def test_flat_index_returns_the_exact_top_k_with_the_popularity_prior(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    manifest = _export(
+        runs,
+        tmp_path / "flat",
+        index=IndexSettings(type="flat"),
+        blend=BlendSettings(prior_beta=0.1),
+    )
     assert manifest["index"]["recall"]["recall"] == 1.0
+    assert manifest["retrieval_prior"]["beta"] == 0.1
     bundle = load_bundle(tmp_path / "flat")
     items = bundle.retrieval_features.items
     tower = load_run(runs["two_tower"], "retrieval").model.item_tower
     spec = bundle.retrieval_features.spec
     with torch.no_grad():
         vectors = tower(to_tensors(items, features_of(spec, ("item_tower",)))).numpy()
+    train = read_table(runs["data"] / "train", columns=["item", "label"])
+    positive = train["item"].to_numpy()[train["label"].to_numpy() > 0.5]
+    counts = np.bincount(positive, minlength=int(items["item"].to_numpy().max()) + 1)
+    log_pop = np.log1p(counts[items["item"].to_numpy()])
     users = bundle.retrieval_features.users.slice(0, 50)
     queries = bundle.user_vectors(users)
     k = 20
-    _, rows = bundle.index.search(queries, k)
-    want = np.argsort(-(queries @ vectors.T), axis=1, kind="stable")[:, :k]
-    scores = queries @ vectors.T
+    _, rows = bundle.index.search(bundle.query_vectors(queries), k)
+    # <user, item> + beta * log(1 + the item's positive train interactions)
+    scores = queries @ vectors.T + 0.1 * log_pop[None, :]
+    want = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     for q in range(len(queries)):
         # equal as sets, and in score order (ties aside)
         assert set(rows[q]) == set(want[q]) or np.allclose(
@@ -174,7 +188,7 @@ def test_hnsw_at_the_defaults_recalls_at_least_95_percent(bundle_dir: Path) -> N
     assert report["type"] == "hnsw"
     assert report["recall"]["recall"] >= 0.95
     # and measured again from the loaded bundle, on every user, at k=20
-    queries = bundle.user_vectors(bundle.retrieval_features.users)
+    queries = bundle.query_vectors(bundle.user_vectors(bundle.retrieval_features.users))
     vectors = bundle.index.reconstruct_n(0, bundle.index.ntotal)
     truth = exact_top_k(vectors, queries, 20)
     _, found = bundle.index.search(queries, 20)

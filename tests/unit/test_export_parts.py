@@ -102,11 +102,11 @@ def test_flat_is_exact_and_hnsw_recalls_at_the_defaults(tmp_path: Path) -> None:
     want = np.argsort(-(queries @ vectors.T), axis=1)[:, :50]
     np.testing.assert_array_equal(rows, want)
     hnsw, params = build_index(vectors, IndexSettings())
-    assert params["type"] == "hnsw" and params["ef_search"] == 256
+    assert params["type"] == "hnsw" and params["ef_search"] == 512
     assert recall_at_k(hnsw, vectors, queries, 100) >= 0.95
     write_index(hnsw, tmp_path / "items.faiss")
     again = read_index(tmp_path / "items.faiss")
-    assert again.hnsw.efSearch == 256
+    assert again.hnsw.efSearch == 512
     np.testing.assert_array_equal(search(again, queries, 10)[1], search(hnsw, queries, 10)[1])
     np.testing.assert_array_equal(exact_top_k(vectors, queries, 10), want[:, :10])
 
