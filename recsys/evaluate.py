@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,32 @@ def held_out_positives(data: Path, split: str, spec: FeatureSpec) -> dict[int, s
     return positives
 
 
+def users_to_evaluate(
+    data: Path,
+    split: str,
+    spec: FeatureSpec,
+    row_of_user: Mapping[int, int],
+    *,
+    exclude_train: bool,
+    max_users: int | None,
+    seed: int,
+) -> tuple[list[int], dict[int, set[int]], dict[int, set[int]], int]:
+    """The users of `data/split` with held-out positives whom `row_of_user` knows (a seeded
+    sample of at most `max_users`): (users, positives, positive train items, users skipped).
+    With `exclude_train` the train items are taken out of the positives first."""
+    positives = held_out_positives(data, split, spec)
+    history = held_out_positives(data, "train", spec)
+    if exclude_train:
+        positives = {u: p - history.get(u, set()) for u, p in positives.items()}
+        positives = {u: p for u, p in positives.items() if p}
+    known = sorted(u for u in positives if u in row_of_user)
+    skipped = len(positives) - len(known)
+    if max_users is not None and len(known) > max_users:
+        rng = np.random.default_rng(seed)
+        known = sorted(rng.choice(known, max_users, replace=False).tolist())
+    return known, positives, history, skipped
+
+
 def _context_zeros(feature: Any, n: int) -> pa.Array:
     if feature.kind == "multi_categorical":
         return pa.array([[0] * (feature.max_len or 1)] * n, pa.list_(pa.int64()))
@@ -207,19 +234,12 @@ def recall_candidates(
         )
     if not (data / split).exists():
         raise EvaluateError(f"data={data} has no {split}/ split")
-    positives = held_out_positives(data, split, spec)
-    history = held_out_positives(data, "train", spec)
-    if exclude_train:
-        positives = {u: p - history.get(u, set()) for u, p in positives.items()}
-        positives = {u: p for u, p in positives.items() if p}
     user_table = bundle.retrieval_features.users
     key = spec.user_id
     row_of_user = {int(v): i for i, v in enumerate(user_table[key].to_numpy())}
-    known = sorted(u for u in positives if u in row_of_user)
-    skipped = len(positives) - len(known)
-    if max_users is not None and len(known) > max_users:
-        rng = np.random.default_rng(seed)
-        known = sorted(rng.choice(known, max_users, replace=False).tolist())
+    known, positives, history, skipped = users_to_evaluate(
+        data, split, spec, row_of_user, exclude_train=exclude_train, max_users=max_users, seed=seed
+    )
     if not known:
         raise EvaluateError(f"{data}/{split}: no known user has a positive interaction")
 

@@ -287,17 +287,21 @@ def _choose_beta(
     vectors: np.ndarray,
     interactions: np.ndarray,
 ) -> tuple[float, dict[float, float], int]:
-    from recsys.evaluate import held_out_positives, ranking_metrics  # it reads bundles
+    from recsys.evaluate import ranking_metrics, users_to_evaluate  # it reads bundles
 
     spec = run.spec
-    positives = held_out_positives(run.data, settings.split, spec)
-    history = held_out_positives(run.data, "train", spec) if settings.exclude_train else {}
-    positives = {u: p - history.get(u, set()) for u, p in positives.items()}
     row_of_user = {int(v): i for i, v in enumerate(users[spec.user_id].to_numpy())}
-    known = sorted(u for u, p in positives.items() if p and u in row_of_user)
-    if settings.max_users is not None and len(known) > settings.max_users:
-        rng = np.random.default_rng(settings.seed)
-        known = sorted(rng.choice(known, settings.max_users, replace=False).tolist())
+    known, positives, history, _ = users_to_evaluate(
+        run.data,
+        settings.split,
+        spec,
+        row_of_user,
+        exclude_train=settings.exclude_train,
+        max_users=settings.max_users,
+        seed=settings.seed,
+    )
+    if not settings.exclude_train:
+        history = {}
     if not known:
         return 0.0, {0.0: 0.0}, 0
     features = spec.for_input("user_tower")
