@@ -96,4 +96,6 @@ def test_server_on_redis_recommends_what_the_memory_server_does(
             answers[store] = [client.recommend(u, k=6, context={"device": "tablet"}) for u in users]
     for a, b in zip(answers["memory"], answers["redis"], strict=True):
         assert a.items == b.items and a.fallback == b.fallback
-        np.testing.assert_array_equal(a.scores, b.scores)
+        # the final score includes the recall score, from the user tower run per request
+        # (redis) or batched at load (memory): equal up to float rounding
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
