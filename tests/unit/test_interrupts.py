@@ -37,8 +37,7 @@ def test_sigint_raises_keyboard_interrupt_once_and_is_recorded() -> None:
             time.sleep(1)  # the handler runs at the next bytecode boundary, before this ends
         assert interrupts.received()
         os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C while cleaning up: no raise
-    with interrupts.owned():
-        assert not interrupts.received()  # each command starts afresh
+    assert not interrupts.received()  # later code (the next test) is not "interrupted"
 
 
 def test_call_in_thread_runs_off_the_main_thread_and_passes_results_and_errors() -> None:
@@ -51,7 +50,11 @@ def test_call_in_thread_runs_off_the_main_thread_and_passes_results_and_errors()
         interrupts.call_in_thread(fails)
 
 
-def test_engines_are_stopped_once_each_and_a_failing_one_does_not_stop_the_rest() -> None:
+def test_engines_are_stopped_once_each_and_a_failing_one_does_not_stop_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a registry of its own: the session's real engines (the shared Spark) must not be stopped
+    monkeypatch.setattr(interrupts, "_stoppers", {})
     calls: list[str] = []
 
     def broken() -> None:
@@ -80,6 +83,7 @@ def test_library_records_of_the_interrupt_are_dropped_ours_kept() -> None:
         interrupts._received.set()
         assert not quiet.filter(record("py4j.java_gateway", OSError()))
         assert quiet.filter(record("recsys.pipeline"))
+    assert not interrupts.received()  # cleared with the block
 
 
 def test_pause_point_does_nothing_unless_named(
