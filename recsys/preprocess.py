@@ -51,7 +51,15 @@ from recsys.features.spark import (
     set_shuffle_partitions,
     stop_spark,
 )
-from recsys.features.split import check_fractions, split_frame
+from recsys.features.split import (
+    MIN_KEPT,
+    PART_COLUMN,
+    check_fractions,
+    parts_of,
+    split_columns,
+    split_frame,
+    tag_per_user,
+)
 from recsys.features.tables import TABLE_COLUMN, finish_table, latest_rows, table_specs
 from recsys.provenance import run_log_file, swap_in, write_json_atomic
 
@@ -65,6 +73,7 @@ SPLITS = ("train", "valid", "test")
 PIPELINE_DIR = "pipeline"
 SUMMARY_FILE = "_preprocess.json"
 SPLIT_COLUMN = "__split"
+RANKED_DIR = "ranked"  # split.method=per_user_time's tagged raw rows, removed before the swap
 
 
 @dataclass
@@ -101,6 +110,7 @@ def check_preprocess(cfg: DictConfig) -> None:
     check_ranges(cfg, FeatureError)
     build_pipeline(cfg)
     check_fractions(cfg.split.valid_fraction, cfg.split.test_fraction)
+    split_columns(_container(cfg.split), _container(cfg.dataset), _container(cfg.features))
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise FeatureError(f"output {out} already exists; pass overwrite=true to replace it")
@@ -154,18 +164,28 @@ class Inputs:
     parts: dict[str, PartInfo | None]  # train / valid / test (None: split off train)
     needed: list[str]  # raw columns to read
     time_column: str | None
+    user_column: str | None = None  # split.method=per_user_time only
 
 
 def inspect_inputs(cfg: DictConfig, pipeline: FeaturePipeline) -> Inputs:
     dataset = _container(cfg.dataset)
-    time_column = cfg.split.time_column or dataset.get("time_column")
-    needed = list(dict.fromkeys([*pipeline.raw_columns, *([time_column] if time_column else [])]))
+    split = _container(cfg.split)
+    time_column, user_column = split_columns(split, dataset, _container(cfg.features))
+    extra = [c for c in (time_column, user_column) if c]
+    needed = list(dict.fromkeys([*pipeline.raw_columns, *extra]))
     found = find_parts(str(cfg.data))
+    if found.test is None and split["test_fraction"] == 0:
+        # an empty test part passed preprocessing and failed only after training
+        raise FeatureError(
+            f"the input data={cfg.data} has no test/ part and split.test_fraction=0: "
+            "nothing would be tested; set split.test_fraction > 0 (carved from train) or "
+            "give the input a test/ part"
+        )
     parts = {
         name: inspect_part(path, dataset, needed) if path is not None else None
         for name, path in ((n, getattr(found, n)) for n in SPLITS)
     }
-    return Inputs(parts, needed, time_column)
+    return Inputs(parts, needed, time_column, user_column)
 
 
 def _run(
@@ -204,13 +224,31 @@ def _run(
     train = frames["train"]
     require_rows(train, train_part.path, "train", train_part.rows, dataset)
     split = cfg.split
-    if frames["valid"] is None or frames["test"] is None:
+    carved = [name for name in ("valid", "test") if frames[name] is None]
+    if carved:
         valid_fraction = split.valid_fraction if frames["valid"] is None else 0.0
         test_fraction = split.test_fraction if frames["test"] is None else 0.0
+        log.info(
+            "no %s part in %s: carving %s from train (split.method=%s)",
+            " or ".join(f"{name}/" for name in carved),
+            data,
+            ", ".join(f"split.{name}_fraction={split[f'{name}_fraction']}" for name in carved),
+            split.method,
+        )
         with spark_errors(train_part.path, dataset):
-            train, valid, test = split_frame(
-                train, split.method, valid_fraction, test_fraction, cfg.seed, time_column
-            )
+            if split.method == "per_user_time":
+                # the fitted steps embed train's plan dozens of times and Spark analyses the
+                # window in each copy again (the ratings test: 133 s, 92 of them building
+                # plans; persist() does not shorten plans): rank once, read back a plain scan
+                # (then 36 s, about what random takes)
+                tag_per_user(
+                    train, valid_fraction, test_fraction, cfg.seed, time_column, inputs.user_column
+                ).write.partitionBy(PART_COLUMN).parquet(str(tmp / RANKED_DIR))
+                train, valid, test = parts_of(spark.read.parquet(str(tmp / RANKED_DIR)))
+            else:
+                train, valid, test = split_frame(
+                    train, split.method, valid_fraction, test_fraction, cfg.seed, time_column
+                )
         frames["valid"] = frames["valid"] if frames["valid"] is not None else valid
         frames["test"] = frames["test"] if frames["test"] is not None else test
     frames["train"] = train
@@ -226,7 +264,10 @@ def _run(
         features = list(pipeline.outputs)
         rows = {name: _finish_split(staging, tmp / name, features) for name in SPLITS}
         for name in SPLITS:
-            log.info("  %s: %s rows", name, f"{rows[name]:,}")
+            source = " (carved from train)" if name in carved else ""
+            log.info("  %s: %s rows%s", name, f"{rows[name]:,}", source)
+        if "test" in carved and rows["test"] == 0:
+            raise FeatureError(_no_test_rows(split, train_part.path))
         stages["transform_write"] = round(time.perf_counter() - t, 2)
         t = time.perf_counter()
 
@@ -245,6 +286,7 @@ def _run(
                 table_rows[table.directory] = rows_written
             shutil.rmtree(tmp / "_tables")
         shutil.rmtree(staging)
+        shutil.rmtree(tmp / RANKED_DIR, ignore_errors=True)
         stages["tables"] = round(time.perf_counter() - t, 2)
     return PreprocessSummary(
         out="",
@@ -254,6 +296,21 @@ def _run(
         tables=table_rows,
         stages=stages,
         shuffle_partitions=partitions,
+    )
+
+
+def _no_test_rows(split: DictConfig, train_path: str) -> str:
+    """Why a carved test part came out empty, and what to change (training would fail on it
+    only after its last epoch)."""
+    why = (
+        f"no user has {MIN_KEPT + 1} or more rows with a time (each keeps {MIN_KEPT} in train)"
+        if split.method == "per_user_time"
+        else "train has too few rows"
+    )
+    return (
+        f"split.method={split.method} carved no test rows from {train_path} with "
+        f"split.test_fraction={split.test_fraction}: {why}; raise split.test_fraction, use "
+        "more data or give the input a test/ part"
     )
 
 

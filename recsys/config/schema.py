@@ -271,10 +271,11 @@ class GenerateConfig:
 
 @dataclass
 class SplitConfig:
-    method: str = "random"  # random | time
+    method: str = "random"  # random | time | per_user_time (recsys/features/split.py)
     valid_fraction: float = 0.1
     test_fraction: float = 0.1
     time_column: str | None = None  # null: the dataset's time_column
+    user_column: str | None = None  # per_user_time; null: the features' user_id
 
 
 @dataclass
