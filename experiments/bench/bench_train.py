@@ -123,9 +123,9 @@ def bare_loop(data: Path, model_overrides: list[str], batch: int, steps: int, pr
         cfg = compose("train", model_overrides)
     torch.manual_seed(0)
     model = build_model(cfg.model, spec)
-    wrapper = train_wrapper(model)
-    optimizer = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
     shard = read_shard(data, "train", spec)
+    wrapper = train_wrapper(model, train_rows=shard.total_rows)
+    optimizer = torch.optim.Adam(wrapper.parameters(), lr=1e-3)
     batches = iter_batches(shard, batch, shuffle=True, max_batches=steps + 5)
     seen, elapsed = 0, 0.0
     for step, b in enumerate(batches):

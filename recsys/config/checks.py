@@ -69,7 +69,7 @@ def _sizes(node: Mapping[str, Any], key: str, where: str, empty_ok: bool) -> lis
 
 
 def model_problems(model: Mapping[str, Any], where: str = "model") -> list[str]:
-    """Embedding and layer sizes >= 1, dropout in [0, 1), temperature > 0."""
+    """Embedding and layer sizes >= 1, dropout in [0, 1), temperature > 0, embedding_l2 >= 0."""
     problems = _at_least(model, "embedding_dim", where, 1)
     for name, dim in (model.get("embedding_dims") or {}).items():
         if not (_number(dim) and dim >= 1):
@@ -80,6 +80,7 @@ def model_problems(model: Mapping[str, Any], where: str = "model") -> list[str]:
     if dropout is not None and not (_number(dropout) and 0.0 <= dropout < 1.0):
         problems.append(f"{where}.dropout must be in [0, 1), got {dropout!r}")
     problems += _positive(model, "temperature", where)
+    problems += _not_negative(model, "embedding_l2", where)
     return problems
 
 

@@ -168,9 +168,10 @@ class ModelConfig:
 @dataclass
 class WideDeepConfig(ModelConfig):
     _target_: str = "recsys.models.wide_deep.WideDeep"
-    hidden_units: list[int] = field(default_factory=lambda: [1024, 1024])
+    hidden_units: list[int] = field(default_factory=lambda: [256, 128])
     dropout: float = 0.0
     batch_norm: bool = False
+    embedding_l2: float = 1000.0
 
 
 @dataclass
@@ -180,6 +181,18 @@ class DeepFMConfig(ModelConfig):
     dropout: float = 0.0
     batch_norm: bool = False
     wide_first_order: bool = True
+    embedding_l2: float = 1000.0
+
+
+@dataclass
+class LogisticConfig:
+    """Logistic regression over the rankers' features; no embedding sizes (its tables are
+    1 wide), so it does not take ModelConfig's knobs."""
+
+    _target_: str = "recsys.models.logistic.LogisticRegression"
+    inputs: list[str] = field(default_factory=lambda: ["wide", "deep"])
+    sparse: bool = False
+    embedding_l2: float = 10.0
 
 
 @dataclass
@@ -227,6 +240,11 @@ class Precision(Enum):
     auto = "auto"
 
 
+class Optimizer(Enum):
+    adam = "adam"
+    adamw = "adamw"
+
+
 class LrSchedule(Enum):
     none = "none"
     cosine = "cosine"
@@ -239,12 +257,13 @@ class MetricMode(Enum):
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 3
-    batch_size: int = 3200
+    epochs: int = 8
+    batch_size: int = 1024
     eval_batch_size: int = 8192
-    lr: float = 1e-3
+    lr: float = 3e-3
+    optimizer: Optimizer = Optimizer.adam
     weight_decay: float = 0.0
-    lr_schedule: LrSchedule = LrSchedule.none
+    lr_schedule: LrSchedule = LrSchedule.cosine
     early_stopping_metric: str = "auto"
     early_stopping_mode: MetricMode = MetricMode.max
     patience: int = 2
@@ -508,6 +527,7 @@ def register_configs() -> None:
     cs.store(group="features", name="base_ratings", node=RatingsFeaturesConfig)
     cs.store(group="model", name="base_wide_deep", node=WideDeepConfig)
     cs.store(group="model", name="base_deepfm", node=DeepFMConfig)
+    cs.store(group="model", name="base_logistic", node=LogisticConfig)
     cs.store(group="model", name="base_two_tower", node=TwoTowerConfig)
     cs.store(group="backend", name="base_local", node=LocalBackendConfig)
     cs.store(group="backend", name="base_ray", node=RayBackendConfig)

@@ -1,4 +1,5 @@
-"""Models built from a FeatureSpec: Wide&Deep, DeepFM and two-tower, TorchScript-ready.
+"""Models built from a FeatureSpec: logistic regression, Wide&Deep, DeepFM and two-tower,
+TorchScript-ready.
 
 model = build_model(cfg.model, spec)     # or hydra.utils.instantiate(cfg.model, spec=spec)
 wrapped = train_wrapper(model)           # forward(batch) -> (loss, logits)
@@ -11,9 +12,12 @@ from recsys.models.inputs import (
     InputLayer,
     LinearTerms,
     as_feature_spec,
+    embedding_penalty,
+    embedding_tables,
     random_batch,
     split_sparse_parameters,
 )
+from recsys.models.logistic import LogisticRegression
 from recsys.models.mlp import MLP
 from recsys.models.train_wrappers import RankerTrain, TwoTowerTrain, train_wrapper
 from recsys.models.two_tower import Tower, TwoTower
@@ -24,6 +28,7 @@ __all__ = [
     "DeepFM",
     "InputLayer",
     "LinearTerms",
+    "LogisticRegression",
     "RankerTrain",
     "Tower",
     "TwoTower",
@@ -31,6 +36,8 @@ __all__ = [
     "WideDeep",
     "as_feature_spec",
     "build_model",
+    "embedding_penalty",
+    "embedding_tables",
     "fm_second_order",
     "random_batch",
     "split_sparse_parameters",

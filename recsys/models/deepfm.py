@@ -65,9 +65,12 @@ class DeepFM(nn.Module):
         sparse: bool = False,
         embedding_dims: Mapping[str, int] | None = None,
         wide_first_order: bool = True,
+        embedding_l2: float = 0.0,
     ) -> None:
         super().__init__()
         self.spec = as_feature_spec(spec)
+        # an L2 prior on the embedding tables that RankerTrain adds to the loss
+        self.embedding_l2 = float(embedding_l2)
         dims = check_embedding_dims(self.spec, embedding_dims)
         k = int(embedding_dim)
         uneven = sorted(name for name, dim in dims.items() if dim != k)

@@ -184,6 +184,19 @@ class LinearTerms(nn.Module):
         return out
 
 
+def embedding_tables(module: nn.Module) -> list[nn.Parameter]:
+    """The weight of every embedding table in `module`, linear terms' 1-wide tables included."""
+    return [m.weight for m in module.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)]
+
+
+def embedding_penalty(module: nn.Module) -> Tensor:
+    """sum ||W||^2 over every embedding table of `module` (0-d): an L2 prior on the tables."""
+    tables = embedding_tables(module)
+    if not tables:
+        return torch.zeros(())
+    return torch.stack([w.pow(2).sum() for w in tables]).sum()
+
+
 def split_sparse_parameters(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """(dense, sparse) trainable parameters: sparse ones are the weights of embedding tables
     built with `sparse=True`, which need an optimizer that takes sparse gradients

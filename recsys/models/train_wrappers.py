@@ -3,7 +3,8 @@
 The exported modules compute scores only; a wrapper takes the model and a batch and returns
 `(loss, logits)`: loss a 0-d fp32 tensor, logits B (the row-aligned scores that metrics such
 as AUC read). Each model class names its wrapper in `train_wrapper_class`, so the training
-loop calls `train_wrapper(model)` and never branches on the model's name.
+loop calls `train_wrapper(model, train_rows=n)` and never branches on the model's name
+(`train_rows`, the rows of the training split, scales a ranker's L2 prior).
 """
 
 from typing import Any
@@ -12,11 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.models.inputs import embedding_penalty
+
 TWO_TOWER_LOSSES = ("in_batch", "bce")
 
 
 def train_wrapper(model: nn.Module, **kwargs: Any) -> nn.Module:
-    """The model's training wrapper (`type(model).train_wrapper_class(model, **kwargs)`)."""
+    """The model's training wrapper (`type(model).train_wrapper_class(model, **kwargs)`).
+
+    Pass `train_rows` (rows of the training split): a ranker with `embedding_l2 > 0` needs it.
+    """
     wrapper = getattr(type(model), "train_wrapper_class", None)
     if wrapper is None:
         raise TypeError(f"{type(model).__name__} names no train_wrapper_class")
@@ -31,16 +37,42 @@ def _label_of(model: nn.Module) -> str:
 
 
 class RankerTrain(nn.Module):
-    """Binary cross-entropy with logits on `batch[spec.label]` (0/1 float) for a ranker."""
+    """Binary cross-entropy with logits on `batch[spec.label]` (0/1 float) for a ranker.
 
-    def __init__(self, model: nn.Module) -> None:
+    A model with `embedding_l2 > 0` adds an L2 prior on its embedding tables: the training
+    objective over the whole data set is sum_rows BCE + embedding_l2 * sum ||W||^2, so each
+    batch (whose loss is a mean over its rows) adds embedding_l2 * sum ||W||^2 / train_rows.
+    Every row of a table is pulled to zero at every step, whether the batch used it or not:
+    an id seen in few rows stays near zero, and one seen in many rows moves as far as its
+    data says. The prior's weight against the data falls as the data grows.
+    """
+
+    def __init__(self, model: nn.Module, train_rows: int | None = None) -> None:
         super().__init__()
         self.model = model
         self.label = _label_of(model)
+        self.embedding_l2 = float(getattr(model, "embedding_l2", 0.0))
+        if self.embedding_l2 < 0:
+            raise ValueError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
+        if self.embedding_l2 > 0 and any(
+            getattr(m, "sparse", False)
+            for m in model.modules()
+            if isinstance(m, nn.Embedding | nn.EmbeddingBag)
+        ):
+            # the prior's gradient reaches every row: dense, which SparseAdam refuses
+            raise ValueError("embedding_l2 > 0 needs dense tables (sparse=false)")
+        if self.embedding_l2 > 0 and train_rows is None:
+            raise ValueError("embedding_l2 > 0 needs train_rows (rows of the training split)")
+        if train_rows is not None and train_rows < 1:
+            raise ValueError(f"train_rows must be >= 1, got {train_rows}")
+        self.train_rows = 1 if train_rows is None else int(train_rows)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         logits = self.model(batch)
         loss = F.binary_cross_entropy_with_logits(logits.float(), batch[self.label].float())
+        if self.embedding_l2 > 0 and self.training:
+            penalty = embedding_penalty(self.model) / self.train_rows
+            loss = loss + self.embedding_l2 * penalty
         return loss, logits
 
 
@@ -68,7 +100,11 @@ class TwoTowerTrain(nn.Module):
         item_log_q: Tensor | None = None,
         estimate_log_q: bool = True,
         log_q_alpha: float = 0.01,
+        train_rows: int | None = None,
     ) -> None:
+        # train_rows is taken so that every wrapper is built the same way
+        # (`train_wrapper(model, train_rows=n)`); the two-tower objectives have no prior
+        del train_rows
         super().__init__()
         self.model = model
         self.loss_name = loss if loss is not None else str(model.default_loss)

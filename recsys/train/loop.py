@@ -35,6 +35,7 @@ from torchmetrics import MeanMetric
 from recsys import interrupts
 from recsys.features.feature_spec import FeatureSpec
 from recsys.models import build_model, split_sparse_parameters, train_wrapper
+from recsys.models.inputs import embedding_tables
 from recsys.provenance import write_json_atomic
 from recsys.seeding import set_seed
 from recsys.train.checkpoints import (
@@ -169,10 +170,35 @@ def _wrapper_extra(wrapper: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in wrapper.state_dict().items() if not k.startswith("model.")}
 
 
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+}
+
+
 def _make_optimizers(wrapper: nn.Module, trainer: dict[str, Any]) -> list[torch.optim.Optimizer]:
+    """Adam or AdamW over the dense parameters, plus SparseAdam for tables built sparse.
+
+    `weight_decay` applies to every parameter but the embedding tables: a table of 20,000
+    ids sees each row in a few batches only, so a decay applied at every step would erase
+    the rarer rows between their batches. Rankers regularise their tables with an L2 prior
+    in the loss instead (`model.embedding_l2`, RankerTrain).
+    """
     dense, sparse = split_sparse_parameters(wrapper)
+    tables = {id(w) for w in embedding_tables(wrapper)}
+    groups = [
+        {"params": [p for p in dense if id(p) not in tables]},
+        {"params": [p for p in dense if id(p) in tables], "weight_decay": 0.0},
+    ]
+    name = trainer.get("optimizer", "adam")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; known: {sorted(OPTIMIZERS)}")
     optimizers: list[torch.optim.Optimizer] = [
-        torch.optim.Adam(dense, lr=trainer["lr"], weight_decay=trainer["weight_decay"])
+        OPTIMIZERS[name](
+            [g for g in groups if g["params"]],
+            lr=trainer["lr"],
+            weight_decay=trainer["weight_decay"],
+        )
     ]
     if sparse:
         optimizers.append(torch.optim.SparseAdam(sparse, lr=trainer["lr"]))
@@ -218,7 +244,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batch_size = max(1, trainer["batch_size"] // world)
 
     model = build_model(config["model"], spec)
-    wrapper = train_wrapper(model)
+    # a ranker's L2 prior on its tables is spread over the batches of the whole split
+    wrapper = train_wrapper(model, train_rows=train.total_rows)
     is_retrieval = hasattr(model, "item_tower")
     k = int(trainer["retrieval_k"])
     metric = trainer["early_stopping_metric"]

@@ -41,6 +41,7 @@ def _options(group: str) -> list[str]:
         (["model.dropout=1.0"], "model.dropout must be in [0, 1), got 1.0"),
         (["model.dropout=-0.1"], "model.dropout must be in [0, 1), got -0.1"),
         (["model=two_tower", "model.temperature=0"], "model.temperature must be > 0, got 0.0"),
+        (["model=logistic", "model.embedding_l2=-1"], "model.embedding_l2 must be >= 0, got -1.0"),
         (["trainer.epochs=0"], "trainer.epochs must be >= 1, got 0"),
         (["trainer.batch_size=0"], "trainer.batch_size must be >= 1, got 0"),
         (["trainer.eval_batch_size=-1"], "trainer.eval_batch_size must be >= 1, got -1"),

@@ -21,8 +21,8 @@ def _model_cfg(name: str, overrides: tuple[str, ...] = ()):
         return compose(config_name="train", overrides=[f"model={name}", *overrides]).model
 
 
-def test_the_three_models_are_registered() -> None:
-    assert MODEL_OPTIONS == ["deepfm", "two_tower", "wide_deep"]
+def test_the_four_models_are_registered() -> None:
+    assert MODEL_OPTIONS == ["deepfm", "logistic", "two_tower", "wide_deep"]
 
 
 @pytest.mark.parametrize("name", MODEL_OPTIONS)
@@ -45,12 +45,20 @@ def test_every_model_option_builds_from_the_spec_and_trains_a_step(
     }
     spec.save(tmp_path)
     assert type(build_model(cfg, tmp_path)) is type(model)
-    loss, logits = train_wrapper(model)(random_batch(spec, 8))
+    loss, logits = train_wrapper(model, train_rows=1000)(random_batch(spec, 8))
     assert logits.shape == (8,) and torch.isfinite(loss)
 
 
 @pytest.mark.parametrize("name", MODEL_OPTIONS)
 def test_shared_knobs_reach_the_model(name: str, spec: FeatureSpec) -> None:
+    if name == "logistic":
+        # its tables are 1 wide: no embedding sizes to set
+        with pytest.raises(TypeError, match="embedding_dims"):
+            build_model(_model_cfg(name, ("+model.embedding_dims.item=7",)), spec)
+        model = build_model(_model_cfg(name, ("model.sparse=true",)), spec)
+        tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+        assert tables and all(t.sparse and t.embedding_dim == 1 for t in tables)
+        return
     cfg = _model_cfg(name, ("model.sparse=true", "+model.embedding_dims.item=7"))
     if name == "deepfm":
         with pytest.raises(ValueError, match="one embedding size"):
@@ -60,3 +68,10 @@ def test_shared_knobs_reach_the_model(name: str, spec: FeatureSpec) -> None:
     tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
     assert tables and all(t.sparse for t in tables)
     assert any(t.embedding_dim == 7 and t.num_embeddings == spec["item"].size for t in tables)
+
+
+@pytest.mark.parametrize("name", ["wide_deep", "deepfm", "logistic"])
+def test_rankers_take_their_l2_prior_from_the_config(name: str, spec: FeatureSpec) -> None:
+    assert build_model(_model_cfg(name, ("model.embedding_l2=12.5",)), spec).embedding_l2 == 12.5
+    default = _model_cfg(name).embedding_l2
+    assert build_model(_model_cfg(name), spec).embedding_l2 == default >= 0

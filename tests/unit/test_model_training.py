@@ -1,4 +1,5 @@
-"""The training wrappers: each model overfits a tiny data set; the two-tower losses by hand."""
+"""The training wrappers: each model overfits a tiny data set; the rankers' L2 prior and the
+two-tower losses by hand."""
 
 import math
 
@@ -10,10 +11,12 @@ from torch import Tensor, nn
 from recsys.features.feature_spec import Feature, FeatureSpec
 from recsys.models import (
     DeepFM,
+    LogisticRegression,
     RankerTrain,
     TwoTower,
     TwoTowerTrain,
     WideDeep,
+    embedding_penalty,
     random_batch,
     train_wrapper,
 )
@@ -46,12 +49,16 @@ def _fit(wrapper: nn.Module, batch: dict[str, Tensor], steps: int, lr: float) ->
     return losses
 
 
-@pytest.mark.parametrize("model_class", [WideDeep, DeepFM])
+@pytest.mark.parametrize("model_class", [WideDeep, DeepFM, LogisticRegression])
 def test_rankers_overfit_a_tiny_data_set(model_class: type, spec: FeatureSpec) -> None:
     torch.manual_seed(0)
     batch = random_batch(spec, 64, torch.Generator().manual_seed(0))
-    model = model_class(spec, embedding_dim=8, hidden_units=(64, 64))
-    losses = _fit(train_wrapper(model), batch, steps=150, lr=0.01)
+    if model_class is LogisticRegression:
+        # weights start at zero and move about lr per Adam step: it needs a larger step
+        model, lr = model_class(spec), 0.05
+    else:
+        model, lr = model_class(spec, embedding_dim=8, hidden_units=(64, 64)), 0.01
+    losses = _fit(train_wrapper(model), batch, steps=150, lr=lr)
     assert losses[0] > 0.6
     assert losses[-1] < 0.1 * losses[0], losses[::25]
 
@@ -76,6 +83,74 @@ def test_ranker_loss_is_bce_with_logits_on_the_label(spec: FeatureSpec) -> None:
     loss, logits = RankerTrain(model)(batch)
     torch.testing.assert_close(logits, model(batch))
     torch.testing.assert_close(loss, F.binary_cross_entropy_with_logits(logits, batch["label"]))
+
+
+@pytest.mark.parametrize("model_class", [WideDeep, DeepFM, LogisticRegression])
+def test_the_l2_prior_adds_its_share_of_every_table_to_a_training_batch(
+    model_class: type, spec: FeatureSpec
+) -> None:
+    kwargs = {} if model_class is LogisticRegression else {"hidden_units": (8,)}
+    torch.manual_seed(0)
+    model = model_class(spec, embedding_l2=3.0, **kwargs)
+    for p in model.parameters():
+        torch.nn.init.normal_(p)
+    batch = random_batch(spec, 10)
+    wrapper = train_wrapper(model, train_rows=500)
+    loss, logits = wrapper(batch)
+    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)]
+    # every table, the linear terms' 1-wide ones included, whatever the batch looks up
+    assert len(tables) >= len([f for f in spec.features if f.is_index and f.inputs])
+    penalty = sum(float(w.detach().pow(2).sum()) for w in tables)
+    bce = F.binary_cross_entropy_with_logits(logits, batch["label"])
+    assert penalty > 1.0
+    torch.testing.assert_close(loss, bce + 3.0 * penalty / 500)
+    torch.testing.assert_close(embedding_penalty(model), torch.tensor(penalty))
+    # validation and test losses are the plain log loss
+    wrapper.eval()
+    torch.testing.assert_close(wrapper(batch)[0], bce)
+
+
+def test_the_l2_prior_keeps_a_rare_id_near_zero_and_lets_frequent_ones_follow_the_data() -> None:
+    spec = FeatureSpec(
+        features=[
+            Feature("user", "categorical", ["u"], "user", ["wide"], 5),
+            Feature("label", "label", ["l"]),
+        ],
+        label="label",
+    )
+    # user 2: one positive row; user 3: 75% positives; user 4: 25% positives (200 rows each)
+    users = torch.tensor([2] + [3] * 200 + [4] * 200)
+    labels = torch.tensor([1.0] + [1.0] * 150 + [0.0] * 50 + [1.0] * 50 + [0.0] * 150)
+    weights = {}
+    for l2 in (0.0, 10.0):
+        model = LogisticRegression(spec, embedding_l2=l2)
+        wrapper = train_wrapper(model, train_rows=len(users))
+        optimizer = torch.optim.Adam(wrapper.parameters(), lr=0.05)
+        for _ in range(500):
+            optimizer.zero_grad()
+            loss, _ = wrapper({"user": users, "label": labels})
+            loss.backward()
+            optimizer.step()
+        weights[l2] = model.linear.index.embeddings["user"].weight[:, 0].detach()
+    assert weights[0.0][2] > 3.0  # memorised from a single row
+    assert abs(weights[10.0][2]) < 0.1
+    assert weights[10.0][3] > 0.5 and weights[10.0][4] < -0.5  # log(3) = 1.1 unshrunk
+
+
+def test_the_l2_prior_needs_the_training_rows_and_dense_tables(spec: FeatureSpec) -> None:
+    model = LogisticRegression(spec, embedding_l2=1.0)
+    with pytest.raises(ValueError, match="train_rows"):
+        train_wrapper(model)
+    with pytest.raises(ValueError, match="train_rows must be >= 1"):
+        train_wrapper(model, train_rows=0)
+    with pytest.raises(ValueError, match="dense tables"):
+        train_wrapper(
+            WideDeep(spec, hidden_units=(4,), sparse=True, embedding_l2=1.0), train_rows=9
+        )
+    with pytest.raises(ValueError, match=">= 0"):
+        train_wrapper(LogisticRegression(spec, embedding_l2=-1.0), train_rows=9)
+    # without a prior nothing is needed
+    assert train_wrapper(LogisticRegression(spec)).embedding_l2 == 0.0
 
 
 def test_training_needs_a_label() -> None:

@@ -1,4 +1,5 @@
-"""Wide&Deep, DeepFM and two-tower: shapes, gradients, seeding, FM identity, TorchScript."""
+"""Logistic regression, Wide&Deep, DeepFM and two-tower: shapes, gradients, seeding, FM
+identity, TorchScript."""
 
 import io
 import itertools
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 from recsys.features.feature_spec import Feature, FeatureSpec
 from recsys.models import (
     DeepFM,
+    LogisticRegression,
     RankerTrain,
     TwoTower,
     TwoTowerTrain,
@@ -26,8 +28,11 @@ SMALL: dict[str, Callable[..., nn.Module]] = {
     "wide_deep": lambda spec, **kw: WideDeep(spec, embedding_dim=4, hidden_units=(16, 8), **kw),
     "deepfm": lambda spec, **kw: DeepFM(spec, embedding_dim=4, hidden_units=(16, 8), **kw),
     "two_tower": lambda spec, **kw: TwoTower(spec, embedding_dim=4, tower_units=(16, 8), **kw),
+    # no hidden layers: the MLP knobs other tests pass do not apply
+    "logistic": lambda spec, batch_norm=False, dropout=0.0, **kw: LogisticRegression(spec, **kw),
 }
 MODELS = sorted(SMALL)
+MLP_MODELS = [name for name in MODELS if name != "logistic"]
 
 
 def _batch(spec: FeatureSpec, size: int, seed: int = 0) -> dict[str, Tensor]:
@@ -55,7 +60,7 @@ def test_logits_have_shape_b_for_any_batch_size(
         assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MLP_MODELS)
 def test_batch_norm_needs_two_rows_in_training_but_one_is_fine_in_eval(
     name: str, spec: FeatureSpec
 ) -> None:
@@ -88,7 +93,7 @@ def test_gradients_reach_every_parameter(name: str, sparse: bool, any_spec: Feat
         assert not missing, f"no gradient with loss={loss}: {missing}"
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", MLP_MODELS)
 def test_a_fixed_seed_gives_identical_initial_outputs(name: str, spec: FeatureSpec) -> None:
     batch = _batch(spec, 8)
 
@@ -223,7 +228,7 @@ def test_a_model_without_its_inputs_says_which(build: Callable, missing: str) ->
 
 
 def test_train_wrapper_picks_the_wrapper_the_model_names(spec: FeatureSpec) -> None:
-    for name in ("wide_deep", "deepfm"):
+    for name in ("wide_deep", "deepfm", "logistic"):
         assert type(train_wrapper(SMALL[name](spec))) is RankerTrain
     tt = SMALL["two_tower"](spec, loss="bce")
     wrapper = train_wrapper(tt)
@@ -244,3 +249,50 @@ def test_bf16_autocast_forward_stays_close_to_fp32(name: str, spec: FeatureSpec)
             bf16 = model(batch)
     assert bf16.shape == (16,)
     torch.testing.assert_close(bf16.float(), fp32, rtol=0.05, atol=0.05)
+
+
+def test_logistic_is_a_bias_plus_one_weight_per_category_and_per_continuous_value(
+    spec: FeatureSpec,
+) -> None:
+    torch.manual_seed(0)
+    model = LogisticRegression(spec).eval()
+    for p in model.parameters():
+        nn.init.normal_(p)
+    batch = _batch(spec, 5)
+    read = [f for f in spec.features if {"wide", "deep"} & set(f.inputs)]
+    assert {f.name for f in read} == set(model.linear.index.embedding_names) | set(
+        model.linear.dense_names
+    )
+    tables = model.linear.index.embeddings
+    dense_weight = model.linear.dense_weight.weight[0]
+    expected = []
+    for row in range(5):
+        total = model.linear.bias[0].clone()
+        for f in read:
+            if f.kind == "continuous":
+                total += dense_weight[model.linear.dense_names.index(f.name)] * batch[f.name][row]
+            elif f.kind == "multi_categorical":
+                ids = [i for i in batch[f.name][row].tolist() if i != 0]
+                weights = [tables[f.name].weight[i, 0] for i in ids]
+                if weights:  # an all-padding list adds nothing
+                    pooled = torch.stack(weights).sum()
+                    total += pooled / len(ids) if f.pooling == "mean" else pooled
+            else:
+                total += tables[f.name].weight[batch[f.name][row], 0]
+        expected.append(total)
+    torch.testing.assert_close(model(batch), torch.stack(expected))
+    # every weight starts at zero: the first prediction is 0.5 for every row
+    assert torch.equal(LogisticRegression(spec)(batch), torch.zeros(5))
+
+
+def test_logistic_reads_the_inputs_it_is_given(spec: FeatureSpec) -> None:
+    wide = LogisticRegression(spec, inputs=["wide"])
+    names = set(wide.linear.index.embedding_names) | set(wide.linear.dense_names)
+    assert names == {f.name for f in spec.for_input("wide")}
+    with pytest.raises(ValueError, match="inputs must name"):
+        LogisticRegression(spec, inputs=["tower"])
+    with pytest.raises(ValueError, match=r"features marked \['wide'\]"):
+        LogisticRegression(
+            FeatureSpec(features=[Feature("x", "categorical", ["x"], "user", ["deep"], 3)]),
+            inputs=["wide"],
+        )

@@ -166,3 +166,31 @@ def test_progress_of_trainings_in_one_worker_group_is_logged_in_their_order(
         second.write_text("second: epoch 1\n")
     lines = [r.getMessage() for r in caplog.records if r.name == "recsys.train.run"]
     assert lines == ["first: epoch 1", "first: test", "second: epoch 1"]
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
+def test_weight_decay_spares_the_embedding_tables(name: str, cls: type) -> None:
+    from recsys.models import WideDeep, embedding_tables, train_wrapper
+    from recsys.train.loop import _make_optimizers
+
+    model = WideDeep(spec(), hidden_units=[8])
+    wrapper = train_wrapper(model)
+    trainer = {"lr": 0.01, "weight_decay": 0.1, "optimizer": name}
+    (optimizer,) = _make_optimizers(wrapper, trainer)
+    assert type(optimizer) is cls
+    decay = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    tables = {id(w) for w in embedding_tables(model)}
+    assert tables and len(decay) == len(list(model.parameters()))
+    assert {decay[t] for t in tables} == {0.0}
+    assert {d for p, d in decay.items() if p not in tables} == {0.1}
+    with pytest.raises(ValueError, match="unknown optimizer 'sgd'"):
+        _make_optimizers(wrapper, {**trainer, "optimizer": "sgd"})
+
+
+def test_an_unknown_optimizer_fails_when_the_config_is_composed(data: Path, tmp_path: Path) -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="optimizer"):
+        train_config(data, tmp_path, "wide_deep", "trainer.optimizer=sgd")
