@@ -15,14 +15,13 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from recsys.export import ExportSettings, export_bundle, layout
+from tests.helpers.umask import umask
 
 pytestmark = [
     pytest.mark.faults,
@@ -162,15 +161,6 @@ def test_export_on_a_full_disk_removes_its_partial_bundle(
 
 
 # ------------------------------------------------------------------ permissions
-
-
-@contextmanager
-def umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 @pytest.mark.parametrize(

@@ -1,9 +1,6 @@
 import errno
 import json
-import os
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from recsys.provenance import (
 )
 from recsys.train.checkpoints import read_checkpoint, replace_dir, write_checkpoint, write_rank_rng
 from tests.helpers.processed_data import spec
+from tests.helpers.umask import umask
 
 
 def test_git_sha_outside_a_repository_is_unknown(tmp_path: Path) -> None:
@@ -43,15 +41,6 @@ def test_record_run_writes_the_resolved_config(tmp_path: Path) -> None:
     assert info["git_sha"]
     assert "torch" in info["packages"]
     assert not list(tmp_path.glob(".*.tmp"))
-
-
-@contextmanager
-def umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _modes(root: Path) -> dict[str, int]:
