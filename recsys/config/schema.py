@@ -195,6 +195,11 @@ class LogisticConfig:
     embedding_l2: float = 10.0
 
 
+class LogQ(Enum):
+    estimate = "estimate"
+    none = "none"
+
+
 @dataclass
 class TwoTowerConfig(ModelConfig):
     _target_: str = "recsys.models.two_tower.TwoTower"
@@ -205,6 +210,10 @@ class TwoTowerConfig(ModelConfig):
     loss: str = "in_batch"
     dropout: float = 0.0
     batch_norm: bool = False
+    log_q: LogQ = LogQ.estimate  # logQ correction of the in-batch softmax (or none)
+    mask_user_positives: bool = False  # the query user's other positives are no negatives
+    share_history_embedding: bool = True  # user-history lists pool the item-id table
+    embedding_l2: float = 0.0  # L2 prior on the embedding tables (per training row)
 
 
 # ------------------------------------------------------------------------ backends

@@ -185,8 +185,13 @@ class LinearTerms(nn.Module):
 
 
 def embedding_tables(module: nn.Module) -> list[nn.Parameter]:
-    """The weight of every embedding table in `module`, linear terms' 1-wide tables included."""
-    return [m.weight for m in module.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)]
+    """The weight of every embedding table in `module`, linear terms' 1-wide tables included;
+    a table shared by two modules (a two-tower's item ids and user history) counts once."""
+    tables: dict[int, nn.Parameter] = {}
+    for m in module.modules():
+        if isinstance(m, nn.Embedding | nn.EmbeddingBag):
+            tables.setdefault(id(m.weight), m.weight)
+    return list(tables.values())
 
 
 def embedding_penalty(module: nn.Module) -> Tensor:

@@ -36,6 +36,23 @@ def _label_of(model: nn.Module) -> str:
     return label
 
 
+def _check_prior(model: nn.Module, embedding_l2: float, train_rows: int | None) -> None:
+    """Refuse an L2 prior on the embedding tables that cannot be applied as configured."""
+    if embedding_l2 < 0:
+        raise ValueError(f"embedding_l2 must be >= 0, got {embedding_l2}")
+    if embedding_l2 > 0 and any(
+        getattr(m, "sparse", False)
+        for m in model.modules()
+        if isinstance(m, nn.Embedding | nn.EmbeddingBag)
+    ):
+        # the prior's gradient reaches every row: dense, which SparseAdam refuses
+        raise ValueError("embedding_l2 > 0 needs dense tables (sparse=false)")
+    if embedding_l2 > 0 and train_rows is None:
+        raise ValueError("embedding_l2 > 0 needs train_rows (rows of the training split)")
+    if train_rows is not None and train_rows < 1:
+        raise ValueError(f"train_rows must be >= 1, got {train_rows}")
+
+
 class RankerTrain(nn.Module):
     """Binary cross-entropy with logits on `batch[spec.label]` (0/1 float) for a ranker.
 
@@ -52,19 +69,7 @@ class RankerTrain(nn.Module):
         self.model = model
         self.label = _label_of(model)
         self.embedding_l2 = float(getattr(model, "embedding_l2", 0.0))
-        if self.embedding_l2 < 0:
-            raise ValueError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
-        if self.embedding_l2 > 0 and any(
-            getattr(m, "sparse", False)
-            for m in model.modules()
-            if isinstance(m, nn.Embedding | nn.EmbeddingBag)
-        ):
-            # the prior's gradient reaches every row: dense, which SparseAdam refuses
-            raise ValueError("embedding_l2 > 0 needs dense tables (sparse=false)")
-        if self.embedding_l2 > 0 and train_rows is None:
-            raise ValueError("embedding_l2 > 0 needs train_rows (rows of the training split)")
-        if train_rows is not None and train_rows < 1:
-            raise ValueError(f"train_rows must be >= 1, got {train_rows}")
+        _check_prior(model, self.embedding_l2, train_rows)
         self.train_rows = 1 if train_rows is None else int(train_rows)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
@@ -90,6 +95,15 @@ class TwoTowerTrain(nn.Module):
       estimate kept in buffers (the paper's Algorithm 2, one step per training batch,
       learning rate `log_q_alpha`), unless `estimate_log_q` is False.
 
+    The model's switches (attributes of `TwoTower`, set in its config) shape the objective:
+    - `log_q` ("estimate" | "none"): the default of `estimate_log_q`;
+    - `mask_user_positives`: a candidate that is a positive of the query's own user (the
+      spec's `user_id`) in another row is masked out too: it is no negative for that user;
+    - `history_features`: user-history lists (encoded items); the entries equal to the row's
+      own item are set to padding (0), so the user tower never sees the item it must find;
+    - `embedding_l2`: an L2 prior on the embedding tables, as `RankerTrain` adds it
+      (embedding_l2 * sum ||W||^2 / train_rows per batch, training batches only).
+
     `loss=None` takes the model's configured `loss`.
     """
 
@@ -98,13 +112,10 @@ class TwoTowerTrain(nn.Module):
         model: nn.Module,
         loss: str | None = None,
         item_log_q: Tensor | None = None,
-        estimate_log_q: bool = True,
+        estimate_log_q: bool | None = None,
         log_q_alpha: float = 0.01,
         train_rows: int | None = None,
     ) -> None:
-        # train_rows is taken so that every wrapper is built the same way
-        # (`train_wrapper(model, train_rows=n)`); the two-tower objectives have no prior
-        del train_rows
         super().__init__()
         self.model = model
         self.loss_name = loss if loss is not None else str(model.default_loss)
@@ -115,6 +126,20 @@ class TwoTowerTrain(nn.Module):
         if self.loss_name == "bce":
             self.label = _label_of(model)
         self.item_id: str | None = spec.item_id
+        self.user_id: str | None = spec.user_id
+        self.mask_user_positives = bool(getattr(model, "mask_user_positives", False))
+        if self.mask_user_positives and self.user_id is None:
+            raise ValueError("mask_user_positives needs the spec's user_id in the batch")
+        self.history_features: list[str] = list(getattr(model, "history_features", []))
+        if self.history_features and self.item_id is None:
+            raise ValueError("history features need the spec's item_id to mask the row's item")
+        self.embedding_l2 = float(getattr(model, "embedding_l2", 0.0))
+        if self.embedding_l2 < 0:
+            raise ValueError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
+        _check_prior(model, self.embedding_l2, train_rows)
+        self.train_rows = 1 if train_rows is None else int(train_rows)
+        if estimate_log_q is None:
+            estimate_log_q = str(getattr(model, "log_q", "estimate")) == "estimate"
         self.estimate_log_q = False
         self.log_q_alpha = float(log_q_alpha)
         self.register_buffer("item_log_q", None)
@@ -150,7 +175,19 @@ class TwoTowerTrain(nn.Module):
         # q = 1 / (batches between sightings); an item never seen counts as q = 1
         return -torch.log(self.log_q_gap[ids].clamp(min=1.0))
 
+    def _without_own_item(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The batch with each history list's entries equal to the row's item set to 0."""
+        if not self.history_features:
+            return batch
+        assert self.item_id is not None
+        own = batch[self.item_id].unsqueeze(1)  # B x 1
+        masked = dict(batch)
+        for name in self.history_features:
+            masked[name] = batch[name].masked_fill(batch[name] == own, 0)
+        return masked
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        batch = self._without_own_item(batch)
         users = self.model.user_embedding(batch)
         items = self.model.item_embedding(batch)
         scale = self.model.inverse_temperature()
@@ -158,20 +195,36 @@ class TwoTowerTrain(nn.Module):
         if self.loss_name == "bce":
             assert self.label is not None
             target = batch[self.label].float()
-            return F.binary_cross_entropy_with_logits(logits.float(), target), logits
+            loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+            return self._with_prior(loss), logits
         scores = (users @ items.T).float() * scale  # B x B: query rows, candidate columns
         rows = torch.arange(scores.shape[0], device=scores.device)
+        positive = None
+        if self.label is not None and self.label in batch:
+            positive = batch[self.label] > 0.5
+        masked = torch.zeros_like(scores, dtype=torch.bool)
         if self.item_id is not None:
             ids = batch[self.item_id]
             log_q = self._log_q(ids)
             if log_q is not None:
                 scores = scores - log_q.unsqueeze(0)
-            same_item = ids.unsqueeze(0) == ids.unsqueeze(1)
-            same_item.fill_diagonal_(False)
-            scores = scores.masked_fill(same_item, float("-inf"))
-        if self.label is not None and self.label in batch:
-            positive = batch[self.label] > 0.5
+            masked |= ids.unsqueeze(0) == ids.unsqueeze(1)
+        if self.mask_user_positives:
+            assert self.user_id is not None
+            users_of = batch[self.user_id]
+            same_user = users_of.unsqueeze(0) == users_of.unsqueeze(1)
+            # a column is a positive of the query's user: no negative for that query
+            masked |= same_user if positive is None else same_user & positive.unsqueeze(0)
+        masked.fill_diagonal_(False)
+        scores = scores.masked_fill(masked, float("-inf"))
+        if positive is not None:
             scores, rows = scores[positive], rows[positive]
         if rows.numel() == 0:
-            return scores.sum() * 0.0, logits
-        return F.cross_entropy(scores, rows), logits
+            return self._with_prior(scores.sum() * 0.0), logits
+        return self._with_prior(F.cross_entropy(scores, rows)), logits
+
+    def _with_prior(self, loss: Tensor) -> Tensor:
+        if self.embedding_l2 > 0 and self.training:
+            penalty = embedding_penalty(self.model) / self.train_rows
+            loss = loss + self.embedding_l2 * penalty
+        return loss
