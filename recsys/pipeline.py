@@ -265,14 +265,15 @@ def _features_one(state: PipelineState, role: str, name: str) -> StageRecord:
     return run_or_reuse(state, f"features_{role}", key, [out], run)
 
 
-def combined(name: str, ranker: StageRecord, retrieval: StageRecord) -> StageRecord:
-    """One stage's record from its ranker and retrieval halves."""
+def combined(name: str, parts: dict[str, StageRecord]) -> StageRecord:
+    """One stage's record from its parts (ranker, retrieval, baseline), keyed by role."""
+    records = list(parts.values())
     return StageRecord(
         name,
-        round(ranker.seconds + retrieval.seconds, 1),
-        ranker.reused and retrieval.reused,
-        f"{ranker.line}; {retrieval.line}",
-        {"ranker": ranker.details, "retrieval": retrieval.details},
+        round(sum(r.seconds for r in records), 1),
+        all(r.reused for r in records),
+        "; ".join(r.line for r in records),
+        {role: r.details for role, r in parts.items()},
     )
 
 
@@ -280,14 +281,14 @@ def stage_features(state: PipelineState) -> StageRecord:
     cfg = state.cfg
     ranker = _features_one(state, "ranker", str(cfg.pipeline.ranker_features))
     retrieval = _features_one(state, "retrieval", str(cfg.pipeline.retrieval_features))
-    return combined("features", ranker, retrieval)
+    return combined("features", {"ranker": ranker, "retrieval": retrieval})
 
 
 @dataclass
 class Training:
     """One of the train stage's two trainings: its composed config, key and run directory."""
 
-    role: str  # ranker | retrieval
+    role: str  # ranker | retrieval | baseline (trained on the ranker's features)
     model: str
     cfg: DictConfig
     key: str
@@ -303,7 +304,8 @@ def _training(state: PipelineState, role: str, model: str, overrides: list[str])
 
     stage_cfg = compose_stage("train", overrides)
     check_train_config(stage_cfg)
-    key = stage_key(settings_of(stage_cfg), state.keys[f"features_{role}"])
+    features = "retrieval" if role == "retrieval" else "ranker"
+    key = stage_key(settings_of(stage_cfg), state.keys[f"features_{features}"])
     return Training(role, model, stage_cfg, key, state.path("runs", role))
 
 
@@ -386,6 +388,23 @@ def stage_train(state: PipelineState) -> StageRecord:
             ],
         ),
     ]
+    baseline = cfg.pipeline.baseline_model
+    if baseline is not None:
+        # the same features, split, loop and trainer settings as the ranker: only the model
+        # differs, so the difference in test AUC is the ranker's own
+        trainings.append(
+            _training(
+                state,
+                "baseline",
+                str(baseline),
+                [
+                    f"model={baseline}",
+                    f"data={quoted(state.path(str(cfg.pipeline.ranker_features)))}",
+                    *common,
+                    *cfg.pipeline.overrides.train_baseline,
+                ],
+            )
+        )
     records: dict[str, StageRecord] = {}
     pending = []
     for training in trainings:
@@ -397,7 +416,7 @@ def stage_train(state: PipelineState) -> StageRecord:
     if pending:
         for training, record in zip(pending, _run_trainings(state, pending), strict=True):
             records[training.role] = record
-    return combined("train", records["ranker"], records["retrieval"])
+    return combined("train", {t.role: records[t.role] for t in trainings})
 
 
 def stage_export(state: PipelineState) -> StageRecord:
@@ -585,7 +604,7 @@ def _key_only(state: PipelineState, name: str) -> None:
     names = {
         "generate": ["generate"],
         "features": ["features_ranker", "features_retrieval"],
-        "train": ["train_ranker", "train_retrieval"],
+        "train": ["train_ranker", "train_retrieval", "train_baseline"],
         "export": ["export"],
     }.get(name, [])
     for marker_name in names:

@@ -8,7 +8,6 @@ training rows). The best achievable AUC comes from the generator's true probabil
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import math
@@ -20,6 +19,8 @@ import pyarrow.parquet as pq
 
 from recsys.evaluate import recall_headline
 from recsys.features.feature_spec import FeatureSpec
+from recsys.report_markdown import fmt as _fmt
+from recsys.report_markdown import markdown_to_html, table
 
 if TYPE_CHECKING:
     from recsys.pipeline import PipelineState
@@ -69,6 +70,35 @@ def ranker_baselines(data: Path) -> dict[str, dict[str, float]]:
     }
 
 
+MARGIN = 0.01  # test AUC by which the ranker should beat the logistic baseline (issue 16)
+
+
+def gap_share(value: float, best: float | None) -> float:
+    """The share of the gap between the constant predictor (AUC 0.5) and the best achievable
+    AUC (the generator's true probabilities) that `value` closes; NaN when either is unknown."""
+    if best is None or math.isnan(value) or math.isnan(best) or best <= 0.5:
+        return math.nan
+    return (value - 0.5) / (best - 0.5)
+
+
+def versus_baseline(ranker: float, baseline: float, name: str, margin: float = MARGIN) -> str:
+    """The ranker's test AUC against the baseline's, in words."""
+    if math.isnan(ranker) or math.isnan(baseline):
+        return f"{name} AUC {_fmt(baseline)}"
+    diff = ranker - baseline
+    if diff >= margin:
+        verdict = f"the ranker beats it by {diff:+.4f}"
+    elif diff > 0:
+        verdict = f"the ranker beats it by only {diff:+.4f}, short of the {margin} aimed at"
+    else:
+        verdict = f"the ranker does not beat it ({diff:+.4f})"
+    return f"{name} AUC {baseline:.4f}: {verdict}"
+
+
+def _percent(share: float) -> str:
+    return "n/a" if math.isnan(share) else f"{share:.1%}"
+
+
 # ------------------------------------------------------------------ curves
 
 
@@ -113,38 +143,53 @@ def plot_curves(history: list[dict[str, Any]], title: str, path: Path) -> bool:
 # ------------------------------------------------------------------ the report
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return "n/a" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
+def best_auc(state: PipelineState) -> float | None:
+    """The test AUC of the generator's true probabilities (None: the data was not generated)."""
+    generate = state.records.get("generate")
+    return generate.details["summary"]["best_auc"].get("test") if generate else None
 
 
-def table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return lines
+def baseline_auc(train: Any) -> float:
+    """The baseline model's test AUC from the train stage's record (NaN: none trained)."""
+    baseline = train.details.get("baseline")
+    if baseline is None:
+        return math.nan
+    return baseline["result"].get("test", {}).get("test/auc", math.nan)
 
 
 def headline(state: PipelineState) -> list[str]:
     """The key results, printed on the console and written at the top of the report."""
     records, lines = state.records, []
-    generate = records.get("generate")
     train = records.get("train")
     if train is not None:
-        result = train.details["ranker"]["result"]
-        test = result.get("test", {})
-        best = generate.details["summary"]["best_auc"].get("test") if generate else None
+        test = train.details["ranker"]["result"].get("test", {})
+        ranker_auc = test.get("test/auc", math.nan)
+        best = best_auc(state)
         baselines = state.baselines
         constant = baselines.get("constant", {}).get("logloss", math.nan)
         popularity = baselines.get("popularity", {}).get("auc", math.nan)
+        baseline = train.details.get("baseline")
         lines.append(
-            f"ranker ({train.details['ranker']['model']}) test AUC "
-            f"{_fmt(test.get('test/auc', math.nan))}, "
+            f"ranker ({train.details['ranker']['model']}) test AUC {_fmt(ranker_auc)}, "
             f"log loss {_fmt(test.get('test/logloss', math.nan))}"
-            f" | constant AUC 0.5000, log loss {_fmt(constant)}"
+            + (
+                f" | {versus_baseline(ranker_auc, baseline_auc(train), baseline['model'])}"
+                if baseline is not None
+                else ""
+            )
+            + f" | constant AUC 0.5000, log loss {_fmt(constant)}"
             f" | popularity AUC {_fmt(popularity)}"
             + (f" | best achievable {best:.4f}" if best is not None else "")
         )
+        if best is not None:
+            shares = [f"ranker {_percent(gap_share(ranker_auc, best))}"]
+            if baseline is not None:
+                share = gap_share(baseline_auc(train), best)
+                shares.append(f"{baseline['model']} {_percent(share)}")
+            lines.append(
+                f"gap closed at {state.cfg.pipeline.rows:,} rows, (AUC - 0.5) / "
+                f"({best:.4f} - 0.5): {', '.join(shares)}"
+            )
     evaluate = records.get("evaluate")
     if evaluate is not None:
         report = evaluate.details["report"]
@@ -157,6 +202,42 @@ def headline(state: PipelineState) -> list[str]:
             f"serving: {len(ms)} Recommend calls, median {ms[len(ms) // 2]:.1f} ms, "
             f"max {ms[-1]:.1f} ms"
         )
+    return lines
+
+
+def ranker_table(state: PipelineState, train: Any) -> list[str]:
+    """The ranker's test AUC next to every baseline's, with the share of the gap closed."""
+    best = best_auc(state)
+    rows = []
+    for role in ("ranker", "baseline"):
+        d = train.details.get(role)
+        if d is not None:
+            test = d["result"].get("test", {})
+            name = d["model"] + (
+                " (baseline, same features and loop)" if role == "baseline" else ""
+            )
+            rows.append([name, test.get("test/auc", math.nan), test.get("test/logloss", math.nan)])
+    rows += [
+        ["constant (train label rate)", 0.5, state.baselines["constant"]["logloss"]],
+        ["popularity (positives per item)", state.baselines["popularity"]["auc"], ""],
+        ["true probabilities (generator)", best if best is not None else math.nan, ""],
+    ]
+    lines = ["### Ranker against baselines (test split)", ""]
+    lines += table(
+        ["predictor", "AUC", "log loss", "gap closed"],
+        [[*row, _percent(gap_share(row[1], best))] for row in rows],
+    )
+    lines += [
+        "",
+        "Gap closed: (AUC - 0.5) / (best achievable - 0.5), the share of the way from the "
+        "constant predictor to the generator's true probabilities.",
+    ]
+    if "baseline" in train.details:
+        ranker_auc = train.details["ranker"]["result"].get("test", {}).get("test/auc", math.nan)
+        verdict = versus_baseline(
+            ranker_auc, baseline_auc(train), train.details["baseline"]["model"]
+        )
+        lines += ["", verdict[0].upper() + verdict[1:] + "."]
     return lines
 
 
@@ -262,22 +343,7 @@ def write_report(state: PipelineState, total_seconds: float) -> Path:
                 md += ["", f"![{role} curves]({png.name})"]
             md += [""]
         if state.baselines:
-            test = train.details["ranker"]["result"].get("test", {})
-            best = generate.details["summary"]["best_auc"].get("test") if generate else None
-            md += ["### Ranker against baselines (test split)", ""]
-            md += table(
-                ["predictor", "AUC", "log loss"],
-                [
-                    [
-                        train.details["ranker"]["model"],
-                        test.get("test/auc", math.nan),
-                        test.get("test/logloss", math.nan),
-                    ],
-                    ["constant (train label rate)", 0.5, state.baselines["constant"]["logloss"]],
-                    ["popularity (positives per item)", state.baselines["popularity"]["auc"], ""],
-                    ["true probabilities (generator)", best if best is not None else "", ""],
-                ],
-            )
+            md += ranker_table(state, train)
 
     evaluate = records.get("evaluate")
     if evaluate is not None:
@@ -338,59 +404,3 @@ def write_report(state: PipelineState, total_seconds: float) -> Path:
     md_path.write_text(text)
     (out / "report.html").write_text(markdown_to_html(text))
     return md_path
-
-
-def markdown_to_html(text: str) -> str:
-    """The small markdown subset `write_report` writes: headings, lists, tables, images."""
-    body: list[str] = []
-    in_table = in_list = False
-    for line in text.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= {"-"}:
-                continue
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-                body.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells) + "</tr>")
-            else:
-                body.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("- "):
-            if not in_list:
-                body.append("<ul>")
-                in_list = True
-            body.append(f"<li>{_inline(line[2:])}</li>")
-            continue
-        if in_list:
-            body.append("</ul>")
-            in_list = False
-        if line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
-        elif line.startswith("!["):
-            alt, src = line[2:].split("](", 1)
-            body.append(f'<img alt="{html.escape(alt)}" src="{html.escape(src.rstrip(")"))}">')
-        elif line.strip():
-            body.append(f"<p>{_inline(line)}</p>")
-    if in_table:
-        body.append("</table>")
-    if in_list:
-        body.append("</ul>")
-    style = (
-        "body{font-family:sans-serif;max-width:70em;margin:2em auto}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
-    )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Pipeline report</title>"
-        f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
-
-
-def _inline(text: str) -> str:
-    """Escape, then turn `code` spans into <code>."""
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))

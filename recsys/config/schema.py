@@ -462,6 +462,7 @@ class PipelineOverrides:
     preprocess: list[str] = field(default_factory=lambda: ["spark.log_level=ERROR"])
     train_ranker: list[str] = field(default_factory=list)
     train_retrieval: list[str] = field(default_factory=list)
+    train_baseline: list[str] = field(default_factory=list)
     export: list[str] = field(default_factory=list)
     evaluate: list[str] = field(default_factory=list)
     serve: list[str] = field(default_factory=list)
@@ -483,6 +484,8 @@ class PipelineStages:
     ranker_features: str = "recsys2021_wnd"
     retrieval_features: str = "recsys2021_two_tower"
     retrieval_model: str = "two_tower"
+    # a model trained beside the ranker on its features, the baseline it must beat (null: none)
+    baseline_model: str | None = "logistic"
     # stages to run, in this order; a later stage needs the earlier ones' outputs
     stages: list[str] = field(
         default_factory=lambda: [

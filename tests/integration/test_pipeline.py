@@ -31,8 +31,10 @@ def test_every_stage_runs_and_the_server_answers(first_run: tuple[Path, Path, st
 def test_report_holds_the_printed_numbers(first_run: tuple[Path, Path, str]) -> None:
     _, run, out = first_run
     report = (run / "report.md").read_text()
-    headline = [line for line in out.splitlines() if line.startswith(("ranker (", "Recall@"))]
-    assert len(headline) == 2, out
+    headline = [
+        line for line in out.splitlines() if line.startswith(("ranker (", "gap closed", "Recall@"))
+    ]
+    assert len(headline) == 3, out
     for line in headline:
         assert f"- {line}" in report
     # each stage's time as the console printed it
@@ -40,8 +42,17 @@ def test_report_holds_the_printed_numbers(first_run: tuple[Path, Path, str]) -> 
         assert f"| {stage} | {seconds} | no |" in report
     assert (run / "report.html").read_text().count("<table>") >= 4
     assert (run / "curves_ranker.png").stat().st_size > 1000
+    assert (run / "curves_baseline.png").stat().st_size > 1000
     auc = float(re.search(r"test AUC (\d\.\d+)", headline[0]).group(1))
     assert 0.0 < auc <= 1.0
+    # the logistic baseline trained beside the ranker, the difference said in words
+    logistic = float(re.search(r"\| logistic AUC (\d\.\d+): the ranker ", headline[0]).group(1))
+    assert 0.0 < logistic <= 1.0
+    best = float(re.search(r"best achievable (\d\.\d+)", headline[0]).group(1))
+    shares = re.search(r"ranker (-?\d+\.\d)%, logistic (-?\d+\.\d)%", headline[1])
+    assert float(shares.group(1)) == pytest.approx(100 * (auc - 0.5) / (best - 0.5), abs=0.1)
+    assert float(shares.group(2)) == pytest.approx(100 * (logistic - 0.5) / (best - 0.5), abs=0.1)
+    assert "| logistic (baseline, same features and loop) |" in report
 
 
 def test_a_second_run_reuses_every_stage(first_run: tuple[Path, Path, str]) -> None:
