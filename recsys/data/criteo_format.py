@@ -45,6 +45,7 @@ from typing import Literal
 
 import numpy as np
 
+from recsys.data.generator import roc_auc
 from recsys.provenance import new_temp_file
 
 Layout = Literal["criteo", "criteo_sample"]
@@ -266,7 +267,11 @@ def lines(data: CriteoRows, layout: Layout) -> Iterator[str]:
 
 def write(path: Path, rows: int, seed: int = SAMPLE_SEED, layout: Layout = "criteo") -> Path:
     """Write `rows` generated rows to `path` in `layout`: whole or not at all (temp + rename)."""
-    data = generate(rows, seed)
+    return write_rows(path, generate(rows, seed), layout)
+
+
+def write_rows(path: Path, data: CriteoRows, layout: Layout = "criteo") -> Path:
+    """Write generated `data` to `path` in `layout`: whole or not at all (temp + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = new_temp_file(path.parent, f".{path.name}.")  # mkstemp's would be 0600
@@ -299,8 +304,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rows < 0:
         parser.error(f"--rows={args.rows} must be >= 0")
-    data_path = write(args.out, args.rows, args.seed, args.layout)
+    data = generate(args.rows, args.seed)
+    data_path = write_rows(args.out, data, args.layout)
     print(f"{args.rows:,} rows (seed {args.seed}, layout {args.layout}) -> {data_path}")
+    # the AUC of the planted click probabilities: what no model can beat on these rows
+    best = roc_auc(data.label, data.probability)
+    if best is not None:
+        print(f"click rate {data.label.mean():.1%}, true-probability AUC {best:.4f}")
     return 0
 
 

@@ -20,6 +20,7 @@ from recsys.data.criteo_format import (
     generate,
     write,
 )
+from recsys.data.generator import roc_auc
 
 register_configs()
 REPO = Path(__file__).resolve().parents[2]
@@ -165,7 +166,10 @@ def test_the_command_line_writes_the_file(tmp_path: Path, capsys) -> None:
     out = tmp_path / "deep" / "criteo.txt"
     assert criteo_format.main(["--rows", "25", "--seed", "4", "--out", str(out)]) == 0
     assert out.read_text() == write(tmp_path / "direct.txt", 25, 4, "criteo").read_text()
-    assert "25 rows" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "25 rows" in printed
+    rows = criteo_format.generate(25, 4)
+    assert f"true-probability AUC {roc_auc(rows.label, rows.probability):.4f}" in printed
     assert [p.name for p in out.parent.iterdir()] == ["criteo.txt"]  # no temporary file left
     with pytest.raises(SystemExit):
         criteo_format.main(["--rows", "-1", "--out", str(out)])
