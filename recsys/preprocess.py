@@ -35,6 +35,15 @@ from recsys.config import CONF_DIR, register_configs
 from recsys.config.checks import check_ranges
 from recsys.features.columns import FeatureError, MissingColumnError
 from recsys.features.pipeline import FeaturePipeline
+from recsys.features.side_tables import (
+    SideTable,
+    declared_columns,
+    inspect_side,
+    join_side,
+    needed_sides,
+    read_side,
+    side_tables,
+)
 from recsys.features.source import (
     PartInfo,
     find_parts,
@@ -102,7 +111,8 @@ def build_pipeline(cfg: DictConfig) -> FeaturePipeline:
             f"dataset={dataset.get('name')} does not describe data on disk with declared "
             "columns; use dataset=recsys2021, criteo or table"
         )
-    return FeaturePipeline.from_config(_container(cfg.features), dataset["columns"])
+    # the side tables' columns too: the steps read the joined table
+    return FeaturePipeline.from_config(_container(cfg.features), declared_columns(dataset))
 
 
 def check_preprocess(cfg: DictConfig) -> None:
@@ -165,6 +175,8 @@ class Inputs:
     needed: list[str]  # raw columns to read
     time_column: str | None
     user_column: str | None = None  # split.method=per_user_time only
+    own: list[str] = field(default_factory=list)  # of `needed`, those read from the parts
+    sides: list[tuple[SideTable, PartInfo]] = field(default_factory=list)  # to join
 
 
 def inspect_inputs(cfg: DictConfig, pipeline: FeaturePipeline) -> Inputs:
@@ -173,6 +185,9 @@ def inspect_inputs(cfg: DictConfig, pipeline: FeaturePipeline) -> Inputs:
     time_column, user_column = split_columns(split, dataset, _container(cfg.features))
     extra = [c for c in (time_column, user_column) if c]
     needed = list(dict.fromkeys([*pipeline.raw_columns, *extra]))
+    sides = needed_sides(side_tables(dataset), needed)
+    joined = {c for t in sides for c in t.joined}
+    own = list(dict.fromkeys([*(c for c in needed if c not in joined), *(t.key for t in sides)]))
     found = find_parts(str(cfg.data))
     if found.test is None and split["test_fraction"] == 0:
         # an empty test part passed preprocessing and failed only after training
@@ -182,10 +197,11 @@ def inspect_inputs(cfg: DictConfig, pipeline: FeaturePipeline) -> Inputs:
             "give the input a test/ part"
         )
     parts = {
-        name: inspect_part(path, dataset, needed) if path is not None else None
+        name: inspect_part(path, dataset, own) if path is not None else None
         for name, path in ((n, getattr(found, n)) for n in SPLITS)
     }
-    return Inputs(parts, needed, time_column, user_column)
+    side_infos = [(t, inspect_side(t, needed)) for t in sides]
+    return Inputs(parts, needed, time_column, user_column, own, side_infos)
 
 
 def _run(
@@ -206,21 +222,24 @@ def _run(
     partitions = set_shuffle_partitions(spark, train_part.bytes, cfg.spark.shuffle_partitions)
 
     frames: dict[str, DataFrame | None] = {}
+    sides = [(t, read_side(spark, t, info, inputs.needed)) for t, info in inputs.sides]
     for name, part in inputs.parts.items():
         if part is None:
             frames[name] = None
             continue
         df = read_part(spark, part.path, dataset, part.schema)
-        missing = [c for c in inputs.needed if c not in df.columns]
+        missing = [c for c in inputs.own if c not in df.columns]
         if missing:
             raise MissingColumnError(
                 f"input {part.path}: missing column{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(repr(c) for c in missing)}"
             )
-        frames[name] = df.select(*inputs.needed)
+        frames[name] = df.select(*inputs.own)
         if part.rows is None and fmt == "parquet":  # not checked before Spark (remote)
-            text = [c for c in inputs.needed if dataset["columns"].get(c) == "string"]
+            text = [c for c in inputs.own if dataset["columns"].get(c) == "string"]
             require_utf8(frames[name], part.path, text)
+        for table, side in sides:
+            frames[name] = join_side(frames[name], side, table, part.path)
     train = frames["train"]
     require_rows(train, train_part.path, "train", train_part.rows, dataset)
     split = cfg.split

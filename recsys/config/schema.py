@@ -60,6 +60,22 @@ class RecSys2021DummyConfig(DatasetConfig):
 
 
 @dataclass
+class SideTableConfig:
+    """A user table or item catalogue joined by `key` to the interactions in preprocessing
+    (recsys/features/side_tables.py)."""
+
+    path: str = MISSING
+    key: str = MISSING  # declared here and in the interactions' columns, with the same type
+    format: str = "parquet"  # parquet | csv
+    sep: str = ","  # csv only
+    header: bool = True  # csv only
+    # column name -> type, the key included (csv: every column, in file order)
+    columns: dict[str, str] = field(default_factory=dict)
+    # an interaction whose key is not in the table: error | null (its side columns null)
+    missing_keys: str = "error"
+
+
+@dataclass
 class TableDatasetConfig(DatasetConfig):
     """Any table on disk with declared columns (docs/features.md, "Bring your own table")."""
 
@@ -69,9 +85,12 @@ class TableDatasetConfig(DatasetConfig):
     format: str = "parquet"  # parquet | csv
     sep: str = ","  # csv only
     header: bool = True  # csv only
-    # column name -> string | int64 | float64 | bool (csv: every column, in file order)
+    # column name -> string | int64 | float64 | bool, or (parquet) list<string> | list<int64>
+    # (csv: every column, in file order)
     columns: dict[str, str] = field(default_factory=dict)
     time_column: str | None = None  # orders rows for split=time and the feature tables
+    users: SideTableConfig | None = None  # a user table joined on its key
+    items: SideTableConfig | None = None  # an item catalogue joined on its key
 
 
 @dataclass
@@ -212,7 +231,8 @@ class TwoTowerConfig(ModelConfig):
     batch_norm: bool = False
     log_q: LogQ = LogQ.estimate  # logQ correction of the in-batch softmax (or none)
     mask_user_positives: bool = False  # the query user's other positives are no negatives
-    share_history_embedding: bool = True  # user-history lists pool the item-id table
+    share_history_embedding: bool = True  # user-history lists pool the item tower's table
+    hide_own_history: bool = True  # training hides the row's own value from its history
     embedding_l2: float = 0.0  # L2 prior on the embedding tables (per training row)
 
 

@@ -12,6 +12,12 @@ same way offline (Spark) and online (Arrow).
 | int64    | integers; floats (truncated toward zero; NaN and out of range are null)       |
 | float64  | integers; floats                                                              |
 | bool     | booleans; strings "true"/"false" (any case); integers 0/1                     |
+| list<string> | lists (parquet list<...>) of strings or integers                          |
+| list<int64>  | lists of integers                                                          |
+
+A list column is read as a list: the `category` step encodes it as a multi-valued feature
+(`max_len` set, no `split`). CSV has no list type: a CSV list column is declared `string` and
+split by the `category` step (`split:`).
 """
 
 from __future__ import annotations
@@ -30,18 +36,25 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
     from pyspark.sql.types import DataType
 
-LOGICAL_TYPES: tuple[str, ...] = ("string", "int64", "float64", "bool")
+# list type -> the logical type of its elements
+LIST_TYPES: dict[str, str] = {"list<string>": "string", "list<int64>": "int64"}
+SCALAR_TYPES: tuple[str, ...] = ("string", "int64", "float64", "bool")
+LOGICAL_TYPES: tuple[str, ...] = (*SCALAR_TYPES, *LIST_TYPES)
 ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(),
     "int64": pa.int64(),
     "float64": pa.float64(),
     "bool": pa.bool_(),
+    "list<string>": pa.list_(pa.string()),
+    "list<int64>": pa.list_(pa.int64()),
 }
 SPARK_TYPES: dict[str, str] = {
     "string": "string",
     "int64": "bigint",
     "float64": "double",
     "bool": "boolean",
+    "list<string>": "array<string>",
+    "list<int64>": "array<bigint>",
 }
 
 
@@ -101,6 +114,13 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "int64": ("integer", "float", "null"),
     "float64": ("integer", "float", "null"),
     "bool": ("bool", "string", "integer", "null"),
+    "list<string>": ("list", "null"),
+    "list<int64>": ("list", "null"),
+}
+# what a list column's elements may be
+ACCEPTED_ELEMENTS: dict[str, tuple[str, ...]] = {
+    "list<string>": ("string", "integer", "null"),
+    "list<int64>": ("integer", "null"),
 }
 
 
@@ -112,18 +132,35 @@ def check_declared(columns: Mapping[str, str], where: str = "dataset.columns") -
             )
 
 
-def _check_accepted(column: str, logical: str, kind: str, shown: str) -> None:
-    if kind not in ACCEPTED[logical]:
+def _check_accepted(
+    column: str, logical: str, kind: str, shown: str, element: str | None = None
+) -> None:
+    """Refuse a stored kind (and a list's `element` kind) not readable as `logical`."""
+    accepted = ACCEPTED[logical]
+    if kind == "list" and logical in LIST_TYPES:
+        accepted = ACCEPTED_ELEMENTS[logical]
+        kind = element or "null"
+        what = f"lists of {', '.join(k for k in accepted if k != 'null')}"
+    else:
+        what = ", ".join(k for k in accepted if k != "null")
+    if kind not in accepted:
+        hint = ""
+        if kind == "list":
+            hint = "; declare it list<string> or list<int64> to read it as a list"
         raise ColumnTypeError(
             f"column {column!r} has type {shown}, which cannot be read as the declared "
-            f"{logical} (accepted: {', '.join(k for k in ACCEPTED[logical] if k != 'null')})"
+            f"{logical} (accepted: {what}){hint}"
         )
+
+
+def _arrow_element(t: pa.DataType) -> str | None:
+    return arrow_kind(t.value_type) if arrow_kind(t) == "list" else None
 
 
 def check_arrow_type(column: str, logical: str | None, t: pa.DataType) -> None:
     """Refuse a stored Arrow type that cannot be read as the declared logical type."""
     if logical is not None:
-        _check_accepted(column, logical, arrow_kind(t), str(t))
+        _check_accepted(column, logical, arrow_kind(t), str(t), _arrow_element(t))
 
 
 def require_columns(present: Iterable[str], needed: Iterable[str], where: str) -> None:
@@ -146,7 +183,8 @@ def coerce_spark(df: DataFrame, declared: Mapping[str, str], where: str) -> Data
     exprs = []
     for name, logical in declared.items():
         kind = spark_kind(types[name])
-        _check_accepted(name, logical, kind, types[name].simpleString())
+        element = spark_kind(types[name].elementType) if kind == "list" else None
+        _check_accepted(name, logical, kind, types[name].simpleString(), element)
         exprs.append(f"{coerce_sql(name, logical, kind)} AS {ident(name)}")
     return df.selectExpr(*exprs)
 
@@ -199,7 +237,7 @@ def coerce_arrow(values: pa.Array | pa.ChunkedArray, name: str, logical: str) ->
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     kind = arrow_kind(values.type)
-    _check_accepted(name, logical, kind, str(values.type))
+    _check_accepted(name, logical, kind, str(values.type), _arrow_element(values.type))
     target = ARROW_TYPES[logical]
     if kind == "null":
         return pa.nulls(len(values), target)

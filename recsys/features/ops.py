@@ -535,6 +535,7 @@ class CategoryParams(ColumnsParams):
     min_freq: int = 1  # values seen fewer times in training are unknown (1)
     max_size: int | None = None  # keep at most this many known values (most frequent)
     shared: bool = False  # one vocabulary fitted on all the columns together
+    # multi-valued: a string column split by `split`, or (split unset) a list column
     split: str | None = None  # multi-valued: items separated by this string
     max_len: int | None = None  # multi-valued: lists are truncated / 0-padded to this length
 
@@ -546,8 +547,13 @@ class CategoryParams(ColumnsParams):
             raise ValueError(f"max_size must be >= 1 or null, got {self.max_size}")
         if self.split is not None and (not self.split or not self.max_len or self.max_len < 1):
             raise ValueError("a multi-valued column (split) needs a non-empty split, max_len >= 1")
-        if self.split is None and self.max_len is not None:
-            raise ValueError("max_len applies to multi-valued columns only (set split)")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
+
+    @property
+    def multi(self) -> bool:
+        """Multi-valued: split strings (`split`) or list columns (`max_len` alone)."""
+        return self.max_len is not None
 
 
 class CategoryEncode(Aggregated, Op):
@@ -563,7 +569,26 @@ class CategoryEncode(Aggregated, Op):
         self.vocabs: dict[str, Vocabulary] = {}
 
     def allowed_kinds(self) -> tuple[str, ...]:
-        return ("string",) if self.params.split is not None else CATEGORICAL_INPUTS
+        if self.params.split is not None:
+            return ("string",)
+        return ("list",) if self.params.multi else CATEGORICAL_INPUTS
+
+    def _check_kind(self, column: str, kind: str) -> None:
+        # a list column read without max_len, or a string one with max_len alone, says how
+        # to configure it rather than only naming the kinds
+        p = self.params
+        if kind == "list" and not p.multi:
+            raise ColumnTypeError(
+                f"step {self.name!r} (category): column {column!r} is a list; set max_len "
+                "(lists are truncated / 0-padded to it) to encode it as a multi-valued feature"
+            )
+        if kind == "string" and p.multi and p.split is None:
+            raise ColumnTypeError(
+                f"step {self.name!r} (category): column {column!r} is a string and max_len is "
+                "set without split; set split to the separator of its items, or declare the "
+                "column list<string> in the dataset (parquet)"
+            )
+        super()._check_kind(column, kind)
 
     def vocab_key(self, column: str) -> str:
         return "shared" if self.params.shared else column
@@ -583,6 +608,8 @@ class CategoryEncode(Aggregated, Op):
             col = F.col(column)
             if p.split is not None:
                 items = F.split(col, _regex_literal(p.split), -1)
+            elif p.multi:
+                items = col  # a list column (agg_piece casts its elements to strings)
             else:
                 items = F.array(col.cast("string"))
             pieces.append(agg_piece(self._count_key(self.vocab_key(column)), items))
@@ -605,7 +632,7 @@ class CategoryEncode(Aggregated, Op):
         from pyspark.sql import functions as F
 
         p = self.params
-        if p.split is not None:
+        if p.multi:
             udfs = {
                 o: _list_encoder(self.vocab_for(c), p.split, p.max_len)(F.col(c))
                 for c, o in zip(self.columns, self.out, strict=True)
@@ -635,7 +662,7 @@ class CategoryEncode(Aggregated, Op):
         p = self.params
         for column, out in zip(self.columns, self.out, strict=True):
             vocab = self.vocab_for(column)
-            if p.split is not None:
+            if p.multi:
                 values = vocab.lookup_lists(table[column], p.split, p.max_len)
             else:
                 values = pa.array(vocab.lookup(table[column]), pa.int64())
@@ -664,7 +691,7 @@ class CategoryEncode(Aggregated, Op):
         stats: dict[str, Any] = {"known_values": len(vocab), "min_freq": p.min_freq}
         if p.shared:
             stats["shared_with"] = self.out
-        if p.split is not None:
+        if p.multi:
             return FeatureInfo(
                 "multi_categorical",
                 size=vocab.size,
@@ -684,7 +711,7 @@ BROADCAST_MAX_VALUES = 2_000_000
 """Vocabularies up to this size are broadcast to every task for the join; bigger ones shuffle."""
 
 
-def _list_encoder(vocab: Vocabulary, sep: str, max_len: int):
+def _list_encoder(vocab: Vocabulary, sep: str | None, max_len: int):
     """A Spark Arrow UDF running `Vocabulary.lookup_lists` (the same code serving runs)."""
     from pyspark.sql import functions as F
     from pyspark.sql import types as T

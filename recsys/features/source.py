@@ -8,7 +8,9 @@ Layout of `data` (the `data=` key of `recsys.preprocess`):
 - anything else (one file, a directory of files, a glob): one table, split into
   train / valid / test.
 
-Formats: parquet, or CSV with the declared columns in file order (`sep`, `header`).
+Formats: parquet, or CSV with the declared columns in file order (`sep`, `header`). A parquet
+list column declared `list<string>` or `list<int64>` is read as a list; CSV has no list type
+(declare such a column `string` and split it in the `category` step).
 Before Spark reads local files, each is checked here, so that bad input is reported by name
 before the JVM starts instead of deep inside a Spark job: every parquet footer is read (a
 corrupt or truncated file), the string columns Spark will read are decoded (invalid UTF-8,
@@ -31,9 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from recsys.features.columns import (
+    LIST_TYPES,
     FeatureError,
     check_arrow_type,
     check_declared,
@@ -128,13 +132,22 @@ def check_parquet_files(
             check_arrow_type(name, declared.get(name), schema.field(name).type)
         rows += meta.num_rows
         schemas.add(pa.schema([pa.field(n, schema.field(n).type) for n in needed]))
-        text = [n for n in needed if _is_text(schema.field(n).type)]
+        text = [n for n in needed if _holds_text(schema.field(n).type)]
         check_parquet_utf8(file, text)
     return rows, known_schema(schemas.pop()) if len(schemas) == 1 else None
 
 
 def _is_text(t: pa.DataType) -> bool:
     return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _is_list(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _holds_text(t: pa.DataType) -> bool:
+    """A string column, or a list column of strings."""
+    return _is_text(t) or (_is_list(t) and _is_text(t.value_type))
 
 
 def check_parquet_utf8(file: Path, columns: Sequence[str]) -> None:
@@ -153,7 +166,13 @@ def check_parquet_utf8(file: Path, columns: Sequence[str]) -> None:
     try:
         for batch in pq.ParquetFile(file).iter_batches(columns=list(columns)):
             for name, values in zip(batch.schema.names, batch.columns, strict=True):
-                rows = _invalid_utf8_rows(values)
+                if _is_list(values.type):
+                    # a bad element counts against the row holding it
+                    parents = pc.list_parent_indices(values).to_numpy(zero_copy_only=False)
+                    elements = _invalid_utf8_rows(pc.list_flatten(values))
+                    rows = sorted({int(parents[i]) for i in elements})
+                else:
+                    rows = _invalid_utf8_rows(values)
                 if rows:
                     count, first = bad.get(name, (0, offset + rows[0] + 1))
                     bad[name] = (count + len(rows), first)
@@ -313,6 +332,12 @@ def inspect_part(path: str, dataset: Mapping[str, Any], needed: list[str]) -> Pa
     else:
         if not declared:
             raise FeatureError("dataset.columns must declare the CSV columns in file order")
+        lists = [name for name, t in declared.items() if t in LIST_TYPES]
+        if lists:
+            raise FeatureError(
+                f"column {lists[0]!r} is declared {declared[lists[0]]}, but CSV has no list "
+                "type: declare it string and give the category step its separator (split:)"
+            )
         if not data_files(path, "csv"):
             raise FeatureError(f"input {path} holds no files (empty input)")
         check_csv_files(path, declared, dataset.get("sep", ","), bool(dataset.get("header", True)))

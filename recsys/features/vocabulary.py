@@ -54,12 +54,18 @@ class Vocabulary:
         index = pc.add(pos.cast(pa.int64()), FIRST_KNOWN).fill_null(UNKNOWN)
         return np.where(is_missing(strings), MISSING, index.to_numpy(zero_copy_only=False))
 
-    def lookup_lists(self, values: pa.Array | pa.ChunkedArray, sep: str, max_len: int) -> pa.Array:
-        """Delimited lists -> list<int64> of exactly `max_len` indices (truncated, 0-padded)."""
+    def lookup_lists(
+        self, values: pa.Array | pa.ChunkedArray, sep: str | None, max_len: int
+    ) -> pa.Array:
+        """Delimited strings (`sep`), or lists (`sep` None), -> list<int64> of exactly
+        `max_len` indices (truncated, 0-padded)."""
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
         n = len(values)
-        lists = pc.split_pattern(values.cast(pa.string()), pattern=sep)
+        if sep is None:
+            lists = values.cast(pa.list_(pa.string()))
+        else:
+            lists = pc.split_pattern(values.cast(pa.string()), pattern=sep)
         lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
         tokens = pc.list_flatten(lists)
         codes = self.lookup(tokens) if len(tokens) else np.zeros(0, np.int64)

@@ -177,22 +177,32 @@ def test_pipeline_needs_only_the_raw_columns_its_steps_read() -> None:
         ("recsys2021", "recsys2021_two_tower"),
         ("criteo", "criteo"),
         ("table", "ratings"),
+        ("movielens100k", "movielens100k"),
+        ("movielens100k", "movielens100k_two_tower"),
     ],
 )
 def test_every_features_config_builds_its_pipeline(
     dataset: str, features: str, tmp_path: Path
 ) -> None:
+    from recsys.features.side_tables import declared_columns
     from recsys.preprocess import build_pipeline
 
     cfg = compose_preprocess([f"dataset={dataset}", f"features={features}"], tmp_path)
     pipeline = build_pipeline(cfg)
     assert pipeline.name == features
     assert pipeline.outputs
-    assert set(pipeline.raw_columns) <= set(cfg.dataset.columns)
+    assert set(pipeline.raw_columns) <= set(declared_columns(cfg.dataset))
 
 
 def test_every_features_option_is_covered_above() -> None:
     from recsys.config import CONF_DIR
 
     options = sorted(p.stem for p in (Path(CONF_DIR) / "features").glob("*.yaml"))
-    assert options == ["criteo", "ratings", "recsys2021_two_tower", "recsys2021_wnd"]
+    assert options == [
+        "criteo",
+        "movielens100k",
+        "movielens100k_two_tower",
+        "ratings",
+        "recsys2021_two_tower",
+        "recsys2021_wnd",
+    ]
