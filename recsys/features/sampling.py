@@ -8,6 +8,12 @@ values of its representative training row: the largest by column order), and get
 The step changes only training data: `transform` (valid, test) and serving leave rows as
 they are.
 
+By default the training rows become the positives and their sampled negatives (implicit
+feedback: a label-0 row is dropped). With `keep_negatives: true` every input row stays with
+its label and sampled items never include one the user was shown (any row of the user): for
+logged exposures, this trains a ranker on engagement among shown items plus unshown items as
+negatives, the target a recommendation among all items is judged by.
+
 Sampling is seeded: the same input partitions and seed give the same negatives. Positives
 left with fewer than `k` negatives after a round of drawing get up to three more rounds, each
 drawing twice as many candidates; a user who has interacted with nearly every item may still
@@ -42,6 +48,8 @@ class NegativeSampleParams:
     label: str = "label"  # 1 marks positives; created (all 1) if absent
     item_columns: list[str] = field(default_factory=list)  # columns describing the item
     oversample: float = 2.0  # candidates drawn per wanted negative before filtering
+    # keep the input's label-0 rows (exposed, not engaged) and never sample an exposed item
+    keep_negatives: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -123,7 +131,9 @@ class NegativeSample(Op):
         # row ids: recomputed identically wherever the plan uses them (same input, same
         # partitioning); nothing is cached, so nothing stays behind in the session
         base = positives.withColumn(rid, F.monotonically_increasing_id())
-        known = positives.select(F.col(p.user), F.col(p.item).alias("__neg")).distinct()
+        labelled = p.keep_negatives and p.label in df.columns
+        shown = df if labelled else positives  # the pairs a negative must not repeat
+        known = shown.select(F.col(p.user), F.col(p.item).alias("__neg")).distinct()
         pending = base.select(rid, p.user)
         chosen = None
         for attempt in range(MAX_ROUNDS):
@@ -161,7 +171,8 @@ class NegativeSample(Op):
             )
         negatives = negatives.withColumn(p.label, F.lit(0.0))
         columns = positives.columns
-        return positives.select(*columns).unionByName(negatives.select(*columns))
+        kept = df.withColumn(p.label, F.col(p.label).cast("double")) if labelled else positives
+        return kept.select(*columns).unionByName(negatives.select(*columns))
 
     def describe(self, output: str) -> FeatureInfo:
         return FeatureInfo("label", stats={"negatives_per_positive": self.params.k})

@@ -174,6 +174,7 @@ def test_pipeline_needs_only_the_raw_columns_its_steps_read() -> None:
     ("dataset", "features"),
     [
         ("recsys2021", "recsys2021_wnd"),
+        ("recsys2021", "recsys2021_wnd_neg"),
         ("recsys2021", "recsys2021_two_tower"),
         ("criteo", "criteo"),
         ("table", "ratings"),
@@ -205,4 +206,5 @@ def test_every_features_option_is_covered_above() -> None:
         "ratings",
         "recsys2021_two_tower",
         "recsys2021_wnd",
+        "recsys2021_wnd_neg",
     ]
