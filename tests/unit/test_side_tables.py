@@ -141,3 +141,27 @@ def test_the_movielens_dataset_composes_with_its_side_tables(tmp_path: Path) -> 
     # the features read columns of all three tables
     assert {"rating", "age", "gender", "genres", "release_year"} <= set(pipeline.raw_columns)
     assert pipeline.raw_columns["genres"] == "list<string>"
+
+
+def test_the_documented_side_tables_compose_as_written(tmp_path: Path) -> None:
+    import re
+    import textwrap
+
+    from hydra import compose, initialize_config_dir
+
+    from recsys.config import CONF_DIR
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "features.md").read_text()
+    section = text.split("## Side tables and list columns", 1)[1].split("\n## ", 1)[0]
+    dataset = textwrap.dedent(re.findall(r"```yaml\n(.*?)```", section, re.S)[0])
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "ratings_with_sides.yaml").write_text(dataset)
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(
+            config_name="preprocess",
+            overrides=[f"hydra.searchpath=[file://{tmp_path}]", "dataset=ratings_with_sides"],
+        )
+    users, items = side_tables(cfg.dataset)
+    assert (users.format, users.key, items.key) == ("csv", "user_id", "item_id")
+    assert declared_columns(cfg.dataset)["genres"] == "list<string>"
