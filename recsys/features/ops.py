@@ -1263,7 +1263,8 @@ OPS: dict[str, type[Op]] = {
         Label,
     )
 }
-"""Every operation by its config name (`op: <name>`); sampling.py adds negative_sample."""
+"""Every operation by its config name (`op: <name>`); sampling.py adds negative_sample and
+history.py user_history."""
 
 
 def register(cls: type[Op]) -> type[Op]:
@@ -1273,6 +1274,7 @@ def register(cls: type[Op]) -> type[Op]:
 
 def build_op(name: str, config: dict[str, Any]) -> Op:
     """An operation from its config entry `{op: <name>, <params>...}`; errors name the step."""
+    import recsys.features.history  # registers user_history (it imports this module)
     import recsys.features.sampling  # noqa: F401  (registers negative_sample; imports this module)
 
     config = dict(config)

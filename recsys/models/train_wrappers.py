@@ -99,8 +99,11 @@ class TwoTowerTrain(nn.Module):
     - `log_q` ("estimate" | "none"): the default of `estimate_log_q`;
     - `mask_user_positives`: a candidate that is a positive of the query's own user (the
       spec's `user_id`) in another row is masked out too: it is no negative for that user;
-    - `history_features`: user-history lists (encoded items); the entries equal to the row's
-      own item are set to padding (0), so the user tower never sees the item it must find;
+    - `hidden_history`: user-history lists, each mapped to the item feature its entries are
+      values of. An item-id history loses every entry equal to the row's item (set to
+      padding, 0), so the user tower never sees the item it must find; a history of another
+      item column (the author) loses one entry equal to the row's value, the one the row
+      added itself, and keeps the user's other rows' ones (leave-one-out);
     - `embedding_l2`: an L2 prior on the embedding tables, as `RankerTrain` adds it
       (embedding_l2 * sum ||W||^2 / train_rows per batch, training batches only).
 
@@ -130,9 +133,7 @@ class TwoTowerTrain(nn.Module):
         self.mask_user_positives = bool(getattr(model, "mask_user_positives", False))
         if self.mask_user_positives and self.user_id is None:
             raise ValueError("mask_user_positives needs the spec's user_id in the batch")
-        self.history_features: list[str] = list(getattr(model, "history_features", []))
-        if self.history_features and self.item_id is None:
-            raise ValueError("history features need the spec's item_id to mask the row's item")
+        self.hidden_history: dict[str, str] = dict(getattr(model, "hidden_history", {}))
         self.embedding_l2 = float(getattr(model, "embedding_l2", 0.0))
         if self.embedding_l2 < 0:
             raise ValueError(f"embedding_l2 must be >= 0, got {self.embedding_l2}")
@@ -176,14 +177,15 @@ class TwoTowerTrain(nn.Module):
         return -torch.log(self.log_q_gap[ids].clamp(min=1.0))
 
     def _without_own_item(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The batch with each history list's entries equal to the row's item set to 0."""
-        if not self.history_features:
+        """The batch with each history list's entries equal to the row's own value set to 0."""
+        if not self.hidden_history:
             return batch
-        assert self.item_id is not None
-        own = batch[self.item_id].unsqueeze(1)  # B x 1
         masked = dict(batch)
-        for name in self.history_features:
-            masked[name] = batch[name].masked_fill(batch[name] == own, 0)
+        for name, source in self.hidden_history.items():
+            same = batch[name] == batch[source].unsqueeze(1)  # B x max_len
+            if source != self.item_id:
+                same = same & (same.cumsum(dim=1) == 1)  # the first occurrence only
+            masked[name] = batch[name].masked_fill(same, 0)
         return masked
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from recsys.features.history import HISTORY_STAT
 from recsys.models.inputs import InputLayer, as_feature_spec, check_embedding_dims
 from recsys.models.mlp import MLP
 from recsys.models.train_wrappers import TWO_TOWER_LOSSES, TwoTowerTrain
@@ -23,9 +24,6 @@ MAX_INVERSE_TEMPERATURE = 100.0
 """A learned temperature is kept >= 0.01 (CLIP's bound on its logit scale)."""
 
 LOG_Q_MODES = ("estimate", "none")
-
-HISTORY_STAT = "history_of"
-"""A user-history feature's spec stats name the item feature its entries are ids of."""
 
 
 class Tower(nn.Module):
@@ -61,10 +59,13 @@ class TwoTower(nn.Module):
     `embedding_l2` are switches of that objective (see `TwoTowerTrain`), kept here so that
     the model's config holds them.
 
-    A user-tower list feature whose spec stats say `history_of: <spec.item_id>` (the
-    `user_history` feature op) is a user-history feature: the training wrapper hides the
-    row's own item from it, and with `share_history_embedding` it pools rows of the item
-    tower's item-id table (one vector per item, learned from both towers) instead of a table
+    A user-tower list feature whose spec stats say `history_of: <feature>` (the
+    `user_history` feature op), `<feature>` being an index feature of the item tower (the
+    item id, or e.g. the item's author), is a user-history feature: `history_features` maps
+    it to `<feature>`. In training the wrapper hides the row's own value of `<feature>` from
+    it (`hide_own_history`; always for the item id, else the model would learn that an item
+    goes with itself). With `share_history_embedding` it pools rows of the item tower's
+    table of `<feature>` (one vector per value, learned from both towers) instead of a table
     of its own; the two must then have the same size and embedding width.
     """
 
@@ -75,6 +76,7 @@ class TwoTower(nn.Module):
         "mask_user_positives",
         "embedding_l2",
         "history_features",
+        "hidden_history",
     )
     train_wrapper_class = TwoTowerTrain
 
@@ -93,6 +95,7 @@ class TwoTower(nn.Module):
         log_q: str = "estimate",
         mask_user_positives: bool = False,
         share_history_embedding: bool = True,
+        hide_own_history: bool = True,
         embedding_l2: float = 0.0,
     ) -> None:
         super().__init__()
@@ -129,33 +132,40 @@ class TwoTower(nn.Module):
         self.user_tower = towers["user_tower"]
         self.item_tower = towers["item_tower"]
         self.history_features = history_features(self.spec)
+        # the item id is always hidden from its own history: that is what the model must find
+        self.hidden_history = {
+            name: source
+            for name, source in self.history_features.items()
+            if hide_own_history or source == self.spec.item_id
+        }
         if share_history_embedding:
-            for name in self.history_features:
-                self._share_item_table(name)
+            for name, source in self.history_features.items():
+                self._share_item_table(name, source)
         log_temperature = torch.tensor(math.log(temperature))
         if learn_temperature:
             self.log_temperature = nn.Parameter(log_temperature)
         else:
             self.register_buffer("log_temperature", log_temperature)
 
-    def _share_item_table(self, name: str) -> None:
-        """Make history feature `name` pool rows of the item tower's item-id table."""
-        item_id = self.spec.item_id
-        assert item_id is not None
-        tables = self.item_tower.inputs.embeddings
-        if item_id not in tables:
-            raise ValueError(
-                f"share_history_embedding: {name!r} is a history of {item_id!r}, which the "
-                "item tower does not read; set share_history_embedding=false"
-            )
-        item, bag = tables[item_id], self.user_tower.inputs.embeddings[name]
-        if item.weight.shape != bag.weight.shape:
+    def _share_item_table(self, name: str, item_id: str) -> None:
+        """Make history feature `name` pool rows of the item tower's table of `item_id`.
+
+        The history's size may be below the item table's (the op sizes it by the largest
+        value in train, a vocabulary shared with another column may be larger): its bag is
+        rebuilt at the table's size.
+        """
+        item = self.item_tower.inputs.embeddings[item_id]
+        bag = self.user_tower.inputs.embeddings[name]
+        rows, width = item.weight.shape
+        if bag.weight.shape[1] != width or bag.weight.shape[0] > rows:
             raise ValueError(
                 f"share_history_embedding: {name!r} has a {tuple(bag.weight.shape)} table and "
-                f"{item_id!r} a {tuple(item.weight.shape)} one; give them one size and width "
-                "or set share_history_embedding=false"
+                f"{item_id!r} a {tuple(item.weight.shape)} one; give them one width (and the "
+                "history no more rows) or set share_history_embedding=false"
             )
-        bag.weight = item.weight
+        shared = nn.EmbeddingBag(rows, width, mode=bag.mode, padding_idx=0, sparse=item.sparse)
+        shared.weight = item.weight
+        self.user_tower.inputs.embeddings[name] = shared
 
     @torch.jit.export
     def inverse_temperature(self) -> Tensor:
@@ -178,12 +188,12 @@ class TwoTower(nn.Module):
         return (users * items).sum(dim=-1) * self.inverse_temperature()
 
 
-def history_features(spec: Any) -> list[str]:
-    """User-tower list features of `spec` that hold the user's past items (`spec.item_id`)."""
-    if spec.item_id is None:
-        return []
-    return [
-        f.name
+def history_features(spec: Any) -> dict[str, str]:
+    """User-tower list features of `spec` holding the user's past values of an item-tower
+    index feature, each mapped to that feature's name."""
+    item_side = {f.name for f in spec.for_input("item_tower") if f.is_index}
+    return {
+        f.name: f.stats[HISTORY_STAT]
         for f in spec.for_input("user_tower")
-        if f.kind == "multi_categorical" and f.stats.get(HISTORY_STAT) == spec.item_id
-    ]
+        if f.kind == "multi_categorical" and f.stats.get(HISTORY_STAT) in item_side
+    }

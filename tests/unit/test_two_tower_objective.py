@@ -119,7 +119,7 @@ def test_the_query_users_other_positives_are_no_negatives_when_masked() -> None:
 def test_the_rows_own_item_is_hidden_from_its_history() -> None:
     spec = _spec(history=True)
     model = _model(spec, log_q="none")
-    assert model.history_features == ["seen"]
+    assert model.history_features == {"seen": "item"}
     batch = _batch()
     batch["seen"] = torch.tensor([[2, 3, 0], [2, 3, 6], [5, 0, 0], [5, 0, 0], [6, 0, 0]])
     wrapper = train_wrapper(model)
@@ -157,6 +157,11 @@ def test_history_pools_the_item_tables_rows_when_shared() -> None:
     )
     with pytest.raises(ValueError, match="share_history_embedding"):
         _model(_spec(history=True, history_size=ITEMS + 1))
+    # a history sized by the largest value in train may have fewer rows than the table
+    small = _model(_spec(history=True, history_size=ITEMS - 2))
+    bag = small.user_tower.inputs.embeddings["seen"]
+    assert bag.weight is small.item_tower.inputs.embeddings["item"].weight
+    assert bag.num_embeddings == ITEMS and bag.padding_idx == 0
 
 
 def test_the_l2_prior_counts_a_shared_table_once_and_applies_to_training_batches() -> None:
@@ -189,3 +194,44 @@ def test_switches_leave_a_random_batch_trainable() -> None:
     assert math.isfinite(loss.item())
     loss.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_an_author_history_shares_the_author_table_and_hides_the_own_author_if_asked() -> None:
+    features = [
+        Feature("user", "categorical", ["u"], "user", ["user_tower"], 10),
+        Feature("item", "categorical", ["i"], "item", ["item_tower"], ITEMS),
+        Feature("author", "categorical", ["a"], "item", ["item_tower"], 6),
+        Feature("label", "label", ["l"]),
+    ]
+    for name, source in (("authors", "author"), ("seen", "item")):
+        hist = Feature(name, "multi_categorical", ["u", source], "user", ["user_tower"], 6, 2)
+        hist.size = 6 if source == "author" else ITEMS
+        hist.pooling, hist.stats = "mean", {"history_of": source}
+        features.insert(1, hist)
+    spec = FeatureSpec(features=features, label="label", user_id="user", item_id="item")
+    batch = {
+        "user": torch.tensor([3, 4]),
+        "item": torch.tensor([2, 3]),
+        "author": torch.tensor([4, 5]),
+        "authors": torch.tensor([[4, 4], [2, 3]]),  # user 3: two rows of author 4
+        "seen": torch.tensor([[2, 5], [2, 0]]),
+        "label": torch.ones(2),
+    }
+    hidden = _model(spec)
+    assert hidden.history_features == {"authors": "author", "seen": "item"}
+    author_table = hidden.item_tower.inputs.embeddings["author"].weight
+    assert hidden.user_tower.inputs.embeddings["authors"].weight is author_table
+    kept = _model(spec, hide_own_history=False)
+    # the item-id history is hidden whatever the switch says; the author one only if asked
+    assert hidden.hidden_history == {"authors": "author", "seen": "item"}
+    assert kept.hidden_history == {"seen": "item"}
+    # the row's own author once (leave-one-out), its item everywhere
+    expected = {
+        "authors": torch.tensor([[0, 4], [2, 3]]),
+        "seen": torch.tensor([[0, 5], [2, 0]]),
+    }
+    seen_by = train_wrapper(hidden)._without_own_item(batch)
+    assert all(torch.equal(seen_by[k], v) for k, v in expected.items())
+    seen_by = train_wrapper(kept)._without_own_item(batch)
+    assert torch.equal(seen_by["authors"], batch["authors"])
+    assert torch.equal(seen_by["seen"], expected["seen"])
