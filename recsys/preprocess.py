@@ -22,6 +22,7 @@ import shutil
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,11 +64,13 @@ from recsys.features.spark import (
 from recsys.features.split import (
     MIN_KEPT,
     PART_COLUMN,
+    TAGGED_METHODS,
     check_fractions,
+    part_sources,
     parts_of,
     split_columns,
     split_frame,
-    tag_per_user,
+    tag_frame,
 )
 from recsys.features.tables import TABLE_COLUMN, finish_table, latest_rows, table_specs
 from recsys.provenance import run_log_file, swap_in, write_json_atomic
@@ -82,7 +85,7 @@ SPLITS = ("train", "valid", "test")
 PIPELINE_DIR = "pipeline"
 SUMMARY_FILE = "_preprocess.json"
 SPLIT_COLUMN = "__split"
-RANKED_DIR = "ranked"  # split.method=per_user_time's tagged raw rows, removed before the swap
+RANKED_DIR = "ranked"  # the tagged raw rows of a windowed split, removed before the swap
 
 
 @dataclass
@@ -97,6 +100,7 @@ class PreprocessSummary:
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=dict)
     shuffle_partitions: int = 0
+    sources: dict[str, str] = field(default_factory=dict)  # split -> input | carved | absent
 
 
 def _container(node: Any) -> Any:
@@ -177,6 +181,8 @@ class Inputs:
     user_column: str | None = None  # split.method=per_user_time only
     own: list[str] = field(default_factory=list)  # of `needed`, those read from the parts
     sides: list[tuple[SideTable, PartInfo]] = field(default_factory=list)  # to join
+    # where each split comes from: input | carved | absent (recsys.features.split.part_sources)
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def inspect_inputs(cfg: DictConfig, pipeline: FeaturePipeline) -> Inputs:
@@ -189,19 +195,14 @@ def inspect_inputs(cfg: DictConfig, pipeline: FeaturePipeline) -> Inputs:
     joined = {c for t in sides for c in t.joined}
     own = list(dict.fromkeys([*(c for c in needed if c not in joined), *(t.key for t in sides)]))
     found = find_parts(str(cfg.data))
-    if found.test is None and split["test_fraction"] == 0:
-        # an empty test part passed preprocessing and failed only after training
-        raise FeatureError(
-            f"the input data={cfg.data} has no test/ part and split.test_fraction=0: "
-            "nothing would be tested; set split.test_fraction > 0 (carved from train) or "
-            "give the input a test/ part"
-        )
+    has = {"valid": found.valid is not None, "test": found.test is not None}
+    sources = part_sources(split, has, str(cfg.data))
     parts = {
         name: inspect_part(path, dataset, own) if path is not None else None
         for name, path in ((n, getattr(found, n)) for n in SPLITS)
     }
     side_infos = [(t, inspect_side(t, needed)) for t in sides]
-    return Inputs(parts, needed, time_column, user_column, own, side_infos)
+    return Inputs(parts, needed, time_column, user_column, own, side_infos, sources=sources)
 
 
 def _run(
@@ -243,10 +244,13 @@ def _run(
     train = frames["train"]
     require_rows(train, train_part.path, "train", train_part.rows, dataset)
     split = cfg.split
-    carved = [name for name in ("valid", "test") if frames[name] is None]
+    carved = [name for name, source in inputs.sources.items() if source == "carved"]
+    absent = [name for name, source in inputs.sources.items() if source == "absent"]
+    if absent:
+        log.info("split.absent=%s: no %s split (not carved, not written)", absent, absent)
     if carved:
-        valid_fraction = split.valid_fraction if frames["valid"] is None else 0.0
-        test_fraction = split.test_fraction if frames["test"] is None else 0.0
+        valid_fraction = split.valid_fraction if "valid" in carved else 0.0
+        test_fraction = split.test_fraction if "test" in carved else 0.0
         log.info(
             "no %s part in %s: carving %s from train (split.method=%s)",
             " or ".join(f"{name}/" for name in carved),
@@ -255,21 +259,27 @@ def _run(
             split.method,
         )
         with spark_errors(train_part.path, dataset):
-            if split.method == "per_user_time":
+            if split.method in TAGGED_METHODS:
                 # the fitted steps embed train's plan dozens of times and Spark analyses the
                 # window in each copy again (the ratings test: 133 s, 92 of them building
                 # plans; persist() does not shorten plans): rank once, read back a plain scan
-                # (then 36 s, about what random takes)
-                tag_per_user(
-                    train, valid_fraction, test_fraction, cfg.seed, time_column, inputs.user_column
+                # (then 36 s, about what a window-free split takes)
+                tag_frame(
+                    train,
+                    split.method,
+                    valid_fraction,
+                    test_fraction,
+                    cfg.seed,
+                    time_column,
+                    inputs.user_column,
                 ).write.partitionBy(PART_COLUMN).parquet(str(tmp / RANKED_DIR))
                 train, valid, test = parts_of(spark.read.parquet(str(tmp / RANKED_DIR)))
             else:
                 train, valid, test = split_frame(
                     train, split.method, valid_fraction, test_fraction, cfg.seed, time_column
                 )
-        frames["valid"] = frames["valid"] if frames["valid"] is not None else valid
-        frames["test"] = frames["test"] if frames["test"] is not None else test
+        frames.update({name: part for name, part in zip(SPLITS, (None, valid, test), strict=True)
+                       if name in carved})  # fmt: skip
     frames["train"] = train
     log.info("reading %s (%s); fitting features=%s on train", data, fmt, pipeline.name)
 
@@ -281,9 +291,13 @@ def _run(
         staging = tmp / "staging"  # not "_staging": Spark skips paths starting with _
         processed.write.partitionBy(SPLIT_COLUMN).parquet(str(staging))
         features = list(pipeline.outputs)
-        rows = {name: _finish_split(staging, tmp / name, features) for name in SPLITS}
+        rows = {
+            name: 0 if name in absent else _finish_split(staging, tmp / name, features)
+            for name in SPLITS
+        }
         for name in SPLITS:
-            source = " (carved from train)" if name in carved else ""
+            source = {"carved": " (carved from train)", "absent": " (absent: split.absent)"}
+            source = source.get(inputs.sources[name], "")
             log.info("  %s: %s rows%s", name, f"{rows[name]:,}", source)
         if "test" in carved and rows["test"] == 0:
             raise FeatureError(_no_test_rows(split, train_part.path))
@@ -315,6 +329,7 @@ def _run(
         tables=table_rows,
         stages=stages,
         shuffle_partitions=partitions,
+        sources=dict(inputs.sources),
     )
 
 
@@ -338,15 +353,18 @@ def _transform_splits(
 ) -> DataFrame:
     """All splits processed in one plan, tagged by `SPLIT_COLUMN` (train with its own
     transforms when the pipeline has any: out-of-fold means, sampled negatives)."""
+    from pyspark.sql import DataFrame
     from pyspark.sql import functions as F
 
-    tagged = {name: frames[name].withColumn(SPLIT_COLUMN, F.lit(name)) for name in SPLITS}
+    present = [name for name in SPLITS if frames.get(name) is not None]  # not split.absent
+    tagged = {name: frames[name].withColumn(SPLIT_COLUMN, F.lit(name)) for name in present}
+    held = [tagged[name] for name in present if name != "train"]  # valid is never absent
     keep = [*keep, SPLIT_COLUMN]
     if pipeline.train_specific:
         train = pipeline.transform(tagged["train"], keep=keep, train=True)
-        rest = pipeline.transform(tagged["valid"].unionByName(tagged["test"]), keep=keep)
+        rest = pipeline.transform(reduce(DataFrame.unionByName, held), keep=keep)
         return train.unionByName(rest)
-    everything = tagged["train"].unionByName(tagged["valid"]).unionByName(tagged["test"])
+    everything = reduce(DataFrame.unionByName, [tagged["train"], *held])
     return pipeline.transform(everything, keep=keep)
 
 
@@ -382,6 +400,10 @@ def format_summary(summary: PreprocessSummary) -> str:
         f"in {summary.seconds:.1f} s -> {summary.out}",
         f"  rows: {rows}",
     ]
+    said = {"carved": "carved from train", "absent": "absent (split.absent, no directory)"}
+    other = [f"{k} {said[v]}" for k, v in summary.sources.items() if v in said]
+    if other:
+        lines.append(f"  splits: {', '.join(other)}")
     if tables:
         lines.append(f"  tables: {tables}")
     lines.append(

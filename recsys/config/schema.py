@@ -324,6 +324,7 @@ class SplitConfig:
     test_fraction: float = 0.1
     time_column: str | None = None  # null: the dataset's time_column
     user_column: str | None = None  # per_user_time; null: the features' user_id
+    absent: list[str] = field(default_factory=list)  # [test]: no test split, on purpose
 
 
 @dataclass

@@ -1,9 +1,13 @@
 """Seeded train / valid / test splits of a Spark DataFrame: random, by time, or per user in time.
 
-- `random`: each row gets `u = |xxhash64(seed, row) mod 2**53| / 2**53` in [0, 1) from its content,
-  so the split depends on the seed and the data only, never on partitioning or Spark
-  settings (identical rows land in the same split, which also keeps them from leaking
-  across splits). Rows with u < train share go to train, then valid, then test.
+- `random`: each row gets `u = |h mod 2**53| / 2**53` in [0, 1) from its content and its copy
+  number c (1 for the first of a group of identical rows, 2 for the next, ...): h =
+  xxhash64(seed, row) for c = 1 (a row without repeats splits as it always did), xxhash64(seed,
+  c, row) after. Rows with u < train share go to train, then valid, then test. The split
+  depends on the seed and the data only, never on partitioning or Spark settings, and the
+  copies of a repeated row spread over the splits like any other rows: hashing the content
+  alone sent every copy to one split, so a row repeated 50 times counted 50 times in one
+  split's metrics and never in the others (the generator plants such repeats).
 - `time`: rows are ordered by a time column; the train rows are the earliest, the test rows
   the latest, cut at the quantiles of the wanted fractions (rows at a cut time go to the
   later split). Nulls in the time column go to train.
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
 METHODS = ("random", "time", "per_user_time")
 TIMED_METHODS = ("time", "per_user_time")
+TAGGED_METHODS = ("random", "per_user_time")  # a window over the rows: tag, write, read back
 NUMERIC = ("int64", "float64")
 PART_COLUMN = "__part"
 MIN_KEPT = 2
@@ -46,6 +51,43 @@ def check_fractions(valid_fraction: float, test_fraction: float) -> None:
             raise FeatureError(f"split.{name} must be in [0, 1), got {value}")
     if valid_fraction + test_fraction >= 1.0:
         raise FeatureError("split.valid_fraction + split.test_fraction must be below 1")
+
+
+HELD_OUT = ("valid", "test")
+MAY_BE_ABSENT = ("test",)  # training picks its best epoch on valid: valid is always there
+
+
+def part_sources(split: Mapping[str, Any], has: Mapping[str, bool], data: str) -> dict[str, str]:
+    """Where each split comes from: `input` (the input's own part), `carved` (from train by
+    `split.method`) or `absent` (listed in `split.absent`: not read, not carved, no output
+    directory). `has` says which of valid / test the input holds. Refused, naming the keys:
+    an unknown or not-allowed name in `split.absent`, an absent split the input has, and a
+    test that would be carved empty (`split.test_fraction=0` without a test/ part)."""
+    absent = list(split.get("absent") or [])
+    for name in absent:
+        if name not in MAY_BE_ABSENT:
+            raise FeatureError(
+                f"split.absent lists {name!r}; only {', '.join(MAY_BE_ABSENT)} may be absent "
+                "(training picks its best epoch on valid)"
+                if name in HELD_OUT or name == "train"
+                else f"split.absent lists {name!r}, which is not a split; it may list test"
+            )
+        if has.get(name):
+            raise FeatureError(
+                f"split.absent lists {name} but the input data={data} has a {name}/ part: "
+                f"remove {name} from split.absent to use it, or point data at train/ alone"
+            )
+    sources = {"train": "input"}
+    for name in HELD_OUT:
+        sources[name] = "absent" if name in absent else "input" if has.get(name) else "carved"
+    if sources["test"] == "carved" and split.get("test_fraction") == 0:
+        # an empty test part passed preprocessing and failed only after training
+        raise FeatureError(
+            f"the input data={data} has no test/ part and split.test_fraction=0: nothing "
+            "would be tested; set split.test_fraction > 0 (carved from train), give the "
+            "input a test/ part, or declare it absent on purpose with split.absent=[test]"
+        )
+    return sources
 
 
 def held_out(n: int, fraction: float) -> int:
@@ -118,17 +160,7 @@ def split_frame(
     train_cut = 1.0 - valid_fraction - test_fraction
     valid_cut = 1.0 - test_fraction
     if method == "random":
-        h = F.xxhash64(F.lit(seed), *[F.col(f"`{c}`") for c in df.columns])
-        u = (F.abs(h % F.lit(1 << 53)) / F.lit(float(1 << 53))).alias("__u")
-        tagged = df.withColumn("__u", u)
-        return tuple(  # type: ignore[return-value]
-            tagged.where(cond).drop("__u")
-            for cond in (
-                F.col("__u") < train_cut,
-                (F.col("__u") >= train_cut) & (F.col("__u") < valid_cut),
-                F.col("__u") >= valid_cut,
-            )
-        )
+        return parts_of(tag_random(df, valid_fraction, test_fraction, seed))
     if method == "time":
         t = _time(df, method, time_column)
         quantiles = df.select(t.alias("t")).where(F.col("t").isNotNull())
@@ -161,6 +193,59 @@ def _time(df: DataFrame, method: str, time_column: str | None) -> Column:
     return F.col(f"`{time_column}`").cast("double")
 
 
+def _orderable(df: DataFrame) -> list[Column]:
+    """Every column but maps (which Spark can neither hash, group nor order; raw columns never
+    are maps, a caller's frame might hold one)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    return [F.col(f"`{f.name}`") for f in df.schema.fields if not isinstance(f.dataType, T.MapType)]
+
+
+def tag_random(df: DataFrame, valid_fraction: float, test_fraction: float, seed: int) -> DataFrame:
+    """`df` with `PART_COLUMN`: 0 train, 1 valid, 2 test, by the `random` rule (a seeded hash
+    of each row and its copy number among identical rows).
+
+    Like `tag_per_user`, the window shuffles every row and makes plans slow to analyse:
+    recsys.preprocess writes this frame once and reads the parts back.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    check_fractions(valid_fraction, test_fraction)
+    values = _orderable(df)
+    content = F.xxhash64(F.lit(seed), *values)
+    # copies share the content hash: a window on that one long shuffles and sorts far less
+    # than one on every column (the values are compared only between rows of equal hash).
+    # Ordering by the values keeps the numbering deterministic if two different rows ever
+    # collide: they are then numbered as one group, in value order.
+    same = Window.partitionBy(content).orderBy(*values)
+    copy = F.row_number().over(same)
+    h = F.when(copy == 1, content).otherwise(F.xxhash64(F.lit(seed), copy, *values))
+    u = F.abs(h % F.lit(1 << 53)) / F.lit(float(1 << 53))
+    train_cut = 1.0 - valid_fraction - test_fraction
+    valid_cut = 1.0 - test_fraction
+    part = F.when(u < train_cut, F.lit(0)).when(u < valid_cut, F.lit(1)).otherwise(F.lit(2))
+    return df.withColumn(PART_COLUMN, part)
+
+
+def tag_frame(
+    df: DataFrame,
+    method: str,
+    valid_fraction: float,
+    test_fraction: float,
+    seed: int,
+    time_column: str | None = None,
+    user_column: str | None = None,
+) -> DataFrame:
+    """`df` tagged with `PART_COLUMN` by a method in `TAGGED_METHODS` (those with a window)."""
+    if method == "random":
+        return tag_random(df, valid_fraction, test_fraction, seed)
+    if method == "per_user_time":
+        return tag_per_user(df, valid_fraction, test_fraction, seed, time_column, user_column)
+    raise FeatureError(f"split.method {method!r} is not one of {', '.join(TAGGED_METHODS)}")
+
+
 def _held_out(n: Column, fraction: float) -> Column:
     """`held_out` as a Spark expression (same double arithmetic, so the same counts)."""
     from pyspark.sql import functions as F
@@ -185,7 +270,6 @@ def tag_per_user(
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-    from pyspark.sql import types as T
 
     check_fractions(valid_fraction, test_fraction)
     t = _time(df, "per_user_time", time_column)
@@ -195,10 +279,8 @@ def tag_per_user(
         raise MissingColumnError(f"split.user_column {user_column!r} is not in the data")
     user = F.col(f"`{user_column}`")
     timed = user.isNotNull() & t.isNotNull()
-    # the values after the hash only matter on a 64-bit hash collision between tied rows;
-    # maps cannot be ordered (raw columns never are maps, a caller's frame might be)
-    values = [F.col(f"`{f.name}`") for f in df.schema.fields
-              if not isinstance(f.dataType, T.MapType)]  # fmt: skip
+    # the values after the hash only matter on a 64-bit hash collision between tied rows
+    values = _orderable(df)
     rows = Window.partitionBy(user, timed)
     ordered = rows.orderBy(t, F.xxhash64(F.lit(seed), *values), *values)
     n = F.count(F.lit(1)).over(rows)

@@ -172,3 +172,21 @@ def test_a_carved_test_part_that_comes_out_empty_is_refused(spark, tmp_path: Pat
         r"split\.test_fraction=0\.1: no user has 3 or more rows with a time")):  # fmt: skip
         preprocess(cfg, spark=spark)
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_a_test_split_declared_absent_is_neither_carved_nor_written(
+    spark, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "ratings.csv"
+    _ratings_csv(data, USERS)
+    out = tmp_path / "out"
+    cfg = compose_preprocess([*RATINGS, f"data={data}", f"out={out}", "split.absent=[test]"],
+                             tmp_path / "run")  # fmt: skip
+    with caplog.at_level(logging.INFO, logger="recsys.preprocess"):
+        summary = preprocess(cfg, spark=spark)
+    # valid = held_out(n, 0.1) of each user's rows, none taken by test: 0, 1, 1, 1, 1, 2
+    assert summary.rows == {"train": 30, "valid": 6, "test": 0}
+    assert summary.sources == {"train": "input", "valid": "carved", "test": "absent"}
+    assert not (out / "test").exists() and (out / "valid").is_dir()
+    assert "  test: 0 rows (absent: split.absent)" in caplog.messages
+    assert "carving split.valid_fraction=0.1 from train" in " ".join(caplog.messages)

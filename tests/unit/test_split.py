@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from recsys.config import CONF_DIR, register_configs
 from recsys.features.columns import FeatureError
-from recsys.features.split import held_out, user_split_sizes
+from recsys.features.split import held_out, part_sources, user_split_sizes
 from recsys.preprocess import build_pipeline, check_preprocess, inspect_inputs
 
 register_configs()
@@ -138,3 +138,48 @@ def test_an_input_with_its_own_test_part_needs_no_test_fraction(tmp_path: Path) 
     assert inputs.parts["test"] is not None and inputs.parts["valid"] is None
     assert (inputs.time_column, inputs.user_column) == ("timestamp", "user_id")
     assert {"timestamp", "user_id"} <= set(inputs.needed)
+
+
+@pytest.mark.parametrize(
+    ("split", "has", "sources"),
+    [
+        ({}, {"valid": False, "test": True}, ["input", "carved", "input"]),  # the generator's
+        ({}, {"valid": False, "test": False}, ["input", "carved", "carved"]),  # one table
+        ({}, {"valid": True, "test": True}, ["input", "input", "input"]),
+        ({"absent": ["test"]}, {"valid": False, "test": False}, ["input", "carved", "absent"]),
+        # absent on purpose: test_fraction is not used, even at 0
+        ({"absent": ["test"], "test_fraction": 0}, {"test": False}, ["input", "carved", "absent"]),
+        ({"absent": ["test"]}, {"valid": True, "test": False}, ["input", "input", "absent"]),
+    ],
+)
+def test_where_each_split_comes_from(split: dict, has: dict, sources: list[str]) -> None:
+    assert list(part_sources({"test_fraction": 0.1, **split}, has, "d").values()) == sources
+
+
+@pytest.mark.parametrize(
+    ("split", "has", "message"),
+    [
+        ({"test_fraction": 0}, {"test": False},
+         r"^the input data=d has no test/ part and split\.test_fraction=0: nothing would be "
+         r"tested; .* or declare it absent on purpose with split\.absent=\[test\]$"),
+        ({"absent": ["test"]}, {"test": True},
+         r"^split\.absent lists test but the input data=d has a test/ part"),
+        ({"absent": ["valid"]}, {}, r"^split\.absent lists 'valid'; only test may be absent"),
+        ({"absent": ["tests"]}, {}, r"^split\.absent lists 'tests', which is not a split"),
+    ],
+)  # fmt: skip
+def test_a_split_that_cannot_be_had_is_refused_naming_the_key(
+    split: dict, has: dict, message: str
+) -> None:
+    with pytest.raises(FeatureError, match=message):
+        part_sources({"test_fraction": 0.1, **split}, has, "d")
+
+
+def test_an_absent_test_is_declared_in_the_config_and_not_read(tmp_path: Path) -> None:
+    data = tmp_path / "ratings.parquet"
+    _ratings(data)
+    cfg = _compose([*RATINGS, "dataset.format=parquet", f"data={data}", "split.test_fraction=0",
+                    "split.absent=[test]"], tmp_path)  # fmt: skip
+    inputs = inspect_inputs(cfg, build_pipeline(cfg))
+    assert inputs.sources == {"train": "input", "valid": "carved", "test": "absent"}
+    assert inputs.parts["test"] is None
