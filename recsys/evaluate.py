@@ -7,17 +7,17 @@ For every user of the processed `split` (default test) with held-out positive in
 embeds the user's snapshot row, Faiss returns the top `candidates` items, and the exported
 ranker re-scores them (user and item features from the ranker's snapshot, looked up by raw id;
 context features, which only a live request carries, are left missing = 0). Reported at each
-K, as the mean over users:
-
-    recall@K = |top K ∩ positives| / |positives|
-    ndcg@K   = DCG@K / ideal DCG@K (binary gains, ideal = min(|positives|, K) hits on top)
-
-for `blend` (what serving returns: the two-tower's candidates ordered by the bundle's blend of
-retrieval and ranker scores, recsys/export/blend.py), `rank` (the ranker's order alone),
-`retrieval` (Faiss order, no ranker), and two baselines on the same users: `popularity` (the
+K, as the mean over users, recall@K, ndcg@K and hitrate@K (recsys/ranking_metrics.py) over two
+sets of targets: `metrics`, the user's held-out positives (label 1), and
+`metrics_all_held_out`, every item of the user's held-out rows whatever their label (the
+protocol of papers that count any held-out interaction as relevant; on the same users, those
+with a held-out positive). Both for `blend` (what serving returns: the two-tower's
+candidates ordered by the bundle's blend of retrieval and ranker scores,
+recsys/export/blend.py), `rank` (the ranker's order alone), `retrieval` (Faiss order, no
+ranker), and two baselines on the same users: `popularity` (the
 items with most positive train interactions) and `item_knn` (recsys/baselines.py). With
 `exclude_train` (the default) each user's positive train items are left out of every list and
-of the held-out positives. Written as JSON to `out`.
+of the held-out targets. Written as JSON to `out`.
 `data` must be the processed data the two-tower run was trained on (its encodings); null takes
 the path recorded in the bundle's manifest.
 """
@@ -48,6 +48,8 @@ from recsys.export.reader import Bundle, load_bundle
 from recsys.export.tensors import read_table
 from recsys.features.feature_spec import FEATURE_SPEC_FILE, FeatureSpec
 from recsys.provenance import write_json_atomic
+from recsys.ranking_metrics import mean_metrics
+from recsys.ranking_metrics import ranking_metrics as ranking_metrics  # recsys.export.writer's
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -82,30 +84,11 @@ class EvaluateSettings:
             raise EvaluateError(f"knn_neighbours must be >= 1, got {self.knn_neighbours}")
 
 
-def _dcg_discounts(k: int) -> np.ndarray:
-    return 1.0 / np.log2(np.arange(2, k + 2))
-
-
-def ranking_metrics(
-    ranked: np.ndarray, positives: list[set[int]], ks: list[int]
-) -> dict[str, list[float]]:
-    """Per-user recall@K and ndcg@K of `ranked` (U x N item ids, best first)."""
-    out: dict[str, list[float]] = {}
-    discounts = _dcg_discounts(max(ks))
-    for k in ks:
-        recalls, ndcgs = [], []
-        for row, pos in zip(ranked, positives, strict=True):
-            hits = np.fromiter((int(i) in pos for i in row[:k]), bool, count=min(k, len(row)))
-            recalls.append(hits.sum() / len(pos))
-            ideal = discounts[: min(len(pos), k)].sum()
-            ndcgs.append(float((hits * discounts[: len(hits)]).sum() / ideal))
-        out[f"recall@{k}"] = recalls
-        out[f"ndcg@{k}"] = ndcgs
-    return out
-
-
-def held_out_positives(data: Path, split: str, spec: FeatureSpec) -> dict[int, set[int]]:
-    """{encoded user id: encoded item ids} of the split's positive rows (known ids only)."""
+def held_out_positives(
+    data: Path, split: str, spec: FeatureSpec, positives_only: bool = True
+) -> dict[int, set[int]]:
+    """{encoded user id: encoded item ids} of the split's positive rows (every row with
+    `positives_only=False` or when the data has no label; known ids only)."""
     if spec.user_id is None or spec.item_id is None:
         raise EvaluateError(f"{data}/{FEATURE_SPEC_FILE} names no user_id and item_id")
     columns = [spec.user_id, spec.item_id] + ([spec.label] if spec.label else [])
@@ -113,7 +96,7 @@ def held_out_positives(data: Path, split: str, spec: FeatureSpec) -> dict[int, s
     users = table[spec.user_id].to_numpy()
     items = table[spec.item_id].to_numpy()
     keep = (users >= 2) & (items >= 2)
-    if spec.label:
+    if spec.label and positives_only:
         keep &= table[spec.label].to_numpy() > 0.5
     positives: dict[int, set[int]] = {}
     for u, i in zip(users[keep].tolist(), items[keep].tolist(), strict=True):
@@ -204,6 +187,7 @@ class Candidates:
     skipped: int  # users with positives whom the bundle does not know
     history: list[set[int]] = field(default_factory=list)  # their positive train items
     excluded: bool = False  # `history` left out of candidates and targets
+    held_out: list[set[int]] = field(default_factory=list)  # all their held-out items
 
 
 def recall_candidates(
@@ -242,6 +226,9 @@ def recall_candidates(
     )
     if not known:
         raise EvaluateError(f"{data}/{split}: no known user has a positive interaction")
+    every_row = held_out_positives(data, split, spec, positives_only=False)
+    left_out = history if exclude_train else {}
+    held_out = [every_row[u] - left_out.get(u, set()) for u in known]
 
     item_ids = bundle.item_ids[layout.ITEM_ID].to_numpy()
     raw_ids = np.asarray(bundle.item_ids[layout.RAW_ID].to_pylist(), dtype=object)
@@ -273,6 +260,7 @@ def recall_candidates(
         skipped=skipped,
         history=[history.get(u, set()) for u in known],
         excluded=exclude_train,
+        held_out=held_out,
     )
 
 
@@ -300,10 +288,6 @@ def ranked_by(c: Candidates, rule: Blend, k: int) -> np.ndarray:
     scores = rule.scores(c.retrieval, c.ranker)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(c.items, order, axis=1)
-
-
-def mean_metrics(ranked: np.ndarray, targets: list[set[int]], ks: list[int]) -> dict[str, float]:
-    return {n: float(np.mean(v)) for n, v in ranking_metrics(ranked, targets, ks).items()}
 
 
 def choose_blend_weight(
@@ -380,6 +364,7 @@ def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
         "item_knn": item_knn_top(c.history, neighbour_ids, neighbour_sims, k_max, exclude),
     }
     metrics = {m: mean_metrics(items, c.targets, settings.k) for m, items in ranked.items()}
+    every = {m: mean_metrics(items, c.held_out, settings.k) for m, items in ranked.items()}
     report = {
         "bundle": str(Path(settings.bundle).resolve()),
         "data": str(c.data),
@@ -387,13 +372,15 @@ def evaluate_bundle(settings: EvaluateSettings) -> dict[str, Any]:
         "users": len(c.users),
         "users_unknown_to_bundle": c.skipped,
         "positives": int(sum(len(t) for t in c.targets)),
+        "held_out_items": int(sum(len(t) for t in c.held_out)),
         "candidates": int(c.items.shape[1]),
         "k": list(settings.k),
         "index": bundle.manifest["index"]["type"],
         "blend_weight": rule.weight,
         "train_items_excluded": c.excluded,
         "context_features": "missing (0): offline rows carry no request context",
-        "metrics": metrics,
+        "metrics": metrics,  # targets: the held-out positives
+        "metrics_all_held_out": every,  # targets: every held-out item of the same users
         "seconds": round(time.perf_counter() - t0, 2),
     }
     if settings.out:
@@ -422,15 +409,20 @@ def recall_headline(report: dict[str, Any]) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    names = list(next(iter(report["metrics"].values())))
     lines = [
         f"evaluated {report['bundle']} on {report['data']}/{report['split']}: "
         f"{report['users']:,} users, {report['positives']:,} positives, "
         f"{report['candidates']} candidates ({report['index']})",
-        f"  {'method':<11}" + "".join(f"{n:>12}" for n in names),
     ]
-    for method, values in report["metrics"].items():
-        lines.append(f"  {method:<11}" + "".join(f"{values[n]:>12.4f}" for n in names))
+    tables = [("positives", "metrics"), ("all held-out items", "metrics_all_held_out")]
+    for title, key in tables:
+        if key not in report:
+            continue
+        names = list(next(iter(report[key].values())))
+        lines.append(f"  targets: {title}")
+        lines.append(f"  {'method':<11}" + "".join(f"{n:>12}" for n in names))
+        for method, values in report[key].items():
+            lines.append(f"  {method:<11}" + "".join(f"{values[n]:>12.4f}" for n in names))
     return "\n".join(lines)
 
 

@@ -3,6 +3,10 @@
 Reads each job directory (`<multirun dir>/<job>/`: `.hydra/overrides.yaml`, `metrics.jsonl`,
 `result.json`, `error.txt` for a failed job), prints a table, and writes `report.csv` and
 `report.png` (the watched validation metric per epoch, one line per job) into the sweep dir.
+
+The `val/` columns are the best epoch's (`result.json`'s `best_epoch`, whose weights the
+`test/` columns were measured with), so a row reads as one model; `val_epoch` says which
+epoch that is. A job without `result.json` (failed, still running) shows its last epoch's.
 """
 
 from __future__ import annotations
@@ -40,10 +44,22 @@ def read_job(job: Path) -> dict[str, Any]:
         row["status"] = "failed: " + (job / "error.txt").read_text().strip()[:120]
     else:
         row["status"] = "incomplete"
-    if history:
-        row.update({k: v for k, v in history[-1].items() if k.startswith("val/")})
+    shown = _shown_epoch(history, row.get("best_epoch"))
+    if shown is not None:
+        row["val_epoch"] = shown["epoch"]
+        row.update({k: v for k, v in shown.items() if k.startswith("val/")})
     row["_history"] = history
     return row
+
+
+def _shown_epoch(history: list[dict[str, Any]], best_epoch: int | None) -> dict[str, Any] | None:
+    """The epoch whose validation values the table shows: the best one when known (the last
+    epoch's values after early stopping are those of weights that were thrown away)."""
+    if best_epoch is not None:
+        best = [h for h in history if h.get("epoch") == best_epoch]
+        if best:
+            return best[-1]  # a resumed run may log an epoch twice: the later one counts
+    return history[-1] if history else None
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -89,7 +105,7 @@ def report(sweep_dir: Path) -> tuple[str, list[dict[str, Any]]]:
     shared = set.intersection(*(set(r["overrides"].split()) for r in rows))
     for r in rows:
         r["overrides"] = " ".join(o for o in r["overrides"].split() if o not in shared)
-    columns = ["job", "overrides", "status", "epochs", "metric", "best", "best_epoch"]
+    columns = ["job", "overrides", "status", "epochs", "metric", "best", "best_epoch", "val_epoch"]
     extra = sorted({k for r in rows for k in r if k.startswith(("val/", "test/"))})
     columns += extra
     with (sweep_dir / "report.csv").open("w", newline="") as f:

@@ -462,7 +462,8 @@ def evaluate(
     for batch in iter_batches(shard, batch_size):
         with autocast(precision):
             _, logits = wrapper(batch)
-        ranker.update(logits, batch[spec.label])
+        # GAUC needs each row's user: the spec's user_id, when it names one
+        ranker.update(logits, batch[spec.label], batch.get(spec.user_id or ""))
     return ranker.compute()
 
 

@@ -1,6 +1,7 @@
 """The training loop on the local backend (no Ray): full runs on a small processed data set."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,9 @@ def test_wide_deep_learns_and_the_same_seed_gives_the_same_metrics(data: Path, t
     second = _train(data, tmp_path / "b")
     assert first["best"] > 0.6  # planted signal: well above a constant predictor's 0.5
     assert first["test"]["test/auc"] > 0.6
+    # per-user AUC: the planted signal is mostly user x item, so it holds within users too
+    assert 0.55 < first["test"]["test/gauc"] < 1.0
+    assert all("val/gauc" in h for h in _history(tmp_path / "a"))
     assert second["best"] == pytest.approx(first["best"], abs=1e-6)
     for a, b in zip(_history(tmp_path / "a"), _history(tmp_path / "b"), strict=True):
         for key in a:
@@ -90,3 +94,11 @@ def test_bf16_autocast_trains(data: Path, tmp_path: Path) -> None:
     result = _train(data, tmp_path, "precision=bf16", "trainer.epochs=1")
     assert result["precision"] == "bf16"
     assert result["best"] > 0.55
+
+
+def test_data_without_a_test_split_trains_and_reports_no_test(tmp_path: Path) -> None:
+    # preprocess's split.absent=[test] writes no test/: training has nothing to test
+    data = write_processed(tmp_path / "data", rows=600)
+    shutil.rmtree(data / "test")
+    result = _train(data, tmp_path / "run", "trainer.epochs=1")
+    assert "test" not in result and result["best_epoch"] == 1
