@@ -115,11 +115,15 @@ def results(args: argparse.Namespace) -> list[dict[str, Any]]:
             test = result["test"]
             records.append({
                 "model": model, "seed": seed, "test_auc": test.get("test/auc"),
-                "test_logloss": test.get("test/logloss"), "best_epoch": result["best_epoch"],
+                "test_gauc": test.get("test/gauc"), "test_logloss": test.get("test/logloss"),
+                "best_epoch": result["best_epoch"],
                 "epochs_run": result["epochs_run"],
             })  # fmt: skip
         tower = json.loads((runs / "two_tower" / "result.json").read_text())
         report = json.loads((runs / "evaluation.json").read_text())
+        manifest = json.loads((runs / "bundle" / "manifest.json").read_text())
+        # the index adds beta x popularity to the two-tower score (beta chosen on valid)
+        beta = (manifest.get("retrieval_prior") or {}).get("beta")
         names = {"retrieval": "two_tower", "popularity": "popularity", "item_knn": "item_knn",
                  "rank": f"two_tower + {args.ranker} order", "blend": "served blend"}  # fmt: skip
         for method, label in names.items():
@@ -130,6 +134,7 @@ def results(args: argparse.Namespace) -> list[dict[str, Any]]:
             }  # fmt: skip
             if method == "retrieval":
                 record.update(best_epoch=tower["best_epoch"], epochs_run=tower["epochs_run"])
+                record["prior_beta"] = beta
             if method == "blend":
                 record["blend_weight"] = report.get("blend_weight")
             records.append(record)
@@ -156,12 +161,13 @@ def table(records: list[dict[str, Any]], args: argparse.Namespace) -> str:
         for m in models
     }
     lines = [
-        f"| model | test AUC | test log loss | Recall@{K} | NDCG@{K} | best epoch per seed |",
-        "|---|---|---|---|---|---|",
+        f"| model | test AUC | test GAUC | test log loss | Recall@{K} | NDCG@{K} | "
+        "best epoch per seed |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in models:
-        cells = [_cell(records, m, k) for k in ("test_auc", "test_logloss", f"recall@{K}",
-                                                 f"ndcg@{K}")]  # fmt: skip
+        keys = ("test_auc", "test_gauc", "test_logloss", f"recall@{K}", f"ndcg@{K}")
+        cells = [_cell(records, m, k) for k in keys]
         lines.append(f"| {m} | {' | '.join(cells)} | {epochs[m]} |")
     return "\n".join(lines)
 
@@ -176,6 +182,13 @@ def verdicts(records: list[dict[str, Any]]) -> list[str]:
     if tower is not None and knn is not None:
         met = "met" if tower >= knn else "NOT met"
         lines.append(f"two-tower Recall@{K} {tower:.4f} vs item-kNN {knn:.4f} (target: >=): {met}")
+    betas = sorted({r["prior_beta"] for r in records if r.get("prior_beta") is not None})
+    if betas:
+        lines.append(
+            "the two_tower row ranks by the exported index: two-tower score + beta x item "
+            f"popularity, beta {', '.join(map(str, betas))} chosen on valid at export "
+            "(beta 0 = the towers alone)"
+        )
     logistic = _mean(records, "logistic", "test_auc")
     rankers = {m: _mean(records, m, "test_auc") for m in ("wide_deep", "deepfm")}
     rankers = {m: v for m, v in rankers.items() if v is not None}
