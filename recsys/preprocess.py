@@ -62,6 +62,7 @@ from recsys.features.spark import (
     stop_spark,
 )
 from recsys.features.split import (
+    CONTENT_COLUMN,
     MIN_KEPT,
     PART_COLUMN,
     TAGGED_METHODS,
@@ -71,6 +72,7 @@ from recsys.features.split import (
     split_columns,
     split_frame,
     tag_frame,
+    with_content_hash,
 )
 from recsys.features.tables import TABLE_COLUMN, finish_table, latest_rows, table_specs
 from recsys.provenance import run_log_file, swap_in, write_json_atomic
@@ -235,7 +237,9 @@ def _run(
                 f"input {part.path}: missing column{'s' if len(missing) > 1 else ''} "
                 f"{', '.join(repr(c) for c in missing)}"
             )
-        frames[name] = df.select(*inputs.own)
+        if name == "train" and cfg.split.method == "random" and "carved" in inputs.sources.values():
+            df = _hashed_content(spark, df, part, dataset, cfg.seed)
+        frames[name] = df.select(*inputs.own, *[c for c in df.columns if c == CONTENT_COLUMN])
         if part.rows is None and fmt == "parquet":  # not checked before Spark (remote)
             text = [c for c in inputs.own if dataset["columns"].get(c) == "string"]
             require_utf8(frames[name], part.path, text)
@@ -331,6 +335,19 @@ def _run(
         shuffle_partitions=partitions,
         sources=dict(inputs.sources),
     )
+
+
+def _hashed_content(
+    spark: SparkSession, df: DataFrame, part: PartInfo, dataset: Any, seed: int
+) -> DataFrame:
+    """The train part with `CONTENT_COLUMN`, a hash over every column the dataset declares
+    (those the part has), so the random carve does not depend on which columns the feature
+    set reads: the pipeline's ranker and two-tower features split the same rows alike."""
+    declared = list(dataset.get("columns") or {})
+    if part.schema is not None:  # a parquet read limited to the feature set's columns
+        df = read_part(spark, part.path, dataset)
+    columns = [c for c in declared if c in df.columns] or list(df.columns)
+    return with_content_hash(df, columns, seed)
 
 
 def _no_test_rows(split: DictConfig, train_path: str) -> str:

@@ -24,7 +24,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from recsys.features.columns import FeatureError, MissingColumnError, spark_kind
@@ -37,6 +37,7 @@ TIMED_METHODS = ("time", "per_user_time")
 TAGGED_METHODS = ("random", "per_user_time")  # a window over the rows: tag, write, read back
 NUMERIC = ("int64", "float64")
 PART_COLUMN = "__part"
+CONTENT_COLUMN = "__content"  # a row's hash over all declared columns (random split)
 MIN_KEPT = 2
 """Rows each carve leaves to a user: a user keeps at least this many rows in train, so no
 user's whole history (or all but one row of it) is held out."""
@@ -202,9 +203,22 @@ def _orderable(df: DataFrame) -> list[Column]:
     return [F.col(f"`{f.name}`") for f in df.schema.fields if not isinstance(f.dataType, T.MapType)]
 
 
+def with_content_hash(df: DataFrame, columns: Sequence[str], seed: int) -> DataFrame:
+    """`df` with `CONTENT_COLUMN`: the seeded hash of `columns` (in that order), which
+    `tag_random` then uses as each row's content. recsys.preprocess hashes every column the
+    dataset declares, not only those a feature set reads, so that two feature sets of one data
+    set (the pipeline's ranker and two-tower) carve the same rows into the same splits."""
+    from pyspark.sql import functions as F
+
+    return df.withColumn(
+        CONTENT_COLUMN, F.xxhash64(F.lit(seed), *[F.col(f"`{c}`") for c in columns])
+    )
+
+
 def tag_random(df: DataFrame, valid_fraction: float, test_fraction: float, seed: int) -> DataFrame:
     """`df` with `PART_COLUMN`: 0 train, 1 valid, 2 test, by the `random` rule (a seeded hash
-    of each row and its copy number among identical rows).
+    of each row and its copy number among identical rows). The row's content is its
+    `CONTENT_COLUMN` when `df` has one (`with_content_hash`; dropped here), else its columns.
 
     Like `tag_per_user`, the window shuffles every row and makes plans slow to analyse:
     recsys.preprocess writes this frame once and reads the parts back.
@@ -213,20 +227,23 @@ def tag_random(df: DataFrame, valid_fraction: float, test_fraction: float, seed:
     from pyspark.sql import functions as F
 
     check_fractions(valid_fraction, test_fraction)
-    values = _orderable(df)
-    content = F.xxhash64(F.lit(seed), *values)
+    hashed = CONTENT_COLUMN in df.columns
+    values = _orderable(df.drop(CONTENT_COLUMN))
+    content = F.col(CONTENT_COLUMN) if hashed else F.xxhash64(F.lit(seed), *values)
     # copies share the content hash: a window on that one long shuffles and sorts far less
     # than one on every column (the values are compared only between rows of equal hash).
     # Ordering by the values keeps the numbering deterministic if two different rows ever
     # collide: they are then numbered as one group, in value order.
     same = Window.partitionBy(content).orderBy(*values)
     copy = F.row_number().over(same)
-    h = F.when(copy == 1, content).otherwise(F.xxhash64(F.lit(seed), copy, *values))
+    h = F.when(copy == 1, content).otherwise(
+        F.xxhash64(F.lit(seed), copy, content) if hashed else F.xxhash64(F.lit(seed), copy, *values)
+    )
     u = F.abs(h % F.lit(1 << 53)) / F.lit(float(1 << 53))
     train_cut = 1.0 - valid_fraction - test_fraction
     valid_cut = 1.0 - test_fraction
     part = F.when(u < train_cut, F.lit(0)).when(u < valid_cut, F.lit(1)).otherwise(F.lit(2))
-    return df.withColumn(PART_COLUMN, part)
+    return df.withColumn(PART_COLUMN, part).drop(CONTENT_COLUMN)
 
 
 def tag_frame(

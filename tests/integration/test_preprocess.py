@@ -178,8 +178,11 @@ def test_two_tower_spec_marks_the_towers(spark, recsys_raw: Path, tmp_path: Path
     item_tower = [f.name for f in spec.for_input("item_tower")]
     assert user_tower == [
         "enaging_user_id", "enaging_user_follower_count", "enaging_user_following_count",
-        "enaging_user_is_verified",
+        "enaging_user_is_verified", "user_history", "author_history", "language_history",
     ]  # fmt: skip
+    # the histories hold encoded ids of the item-side vocabularies they name
+    assert spec["user_history"].kind == "multi_categorical"
+    assert spec["user_history"].size == spec["tweet_id"].size
     assert item_tower[:2] == ["tweet_id", "engaged_with_user_id"]
     assert all(spec[n].entity == "user" for n in user_tower)
     assert all(spec[n].entity == "item" for n in item_tower)

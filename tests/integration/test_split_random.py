@@ -4,7 +4,13 @@ the same under any partitioning (recsys/features/split.py)."""
 import pyarrow as pa
 import pytest
 
-from recsys.features.split import PART_COLUMN, split_frame, tag_random
+from recsys.features.split import (
+    CONTENT_COLUMN,
+    PART_COLUMN,
+    split_frame,
+    tag_random,
+    with_content_hash,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +61,19 @@ def test_a_row_without_copies_lands_where_its_content_hash_says(spark) -> None:
     ]
     found = [sorted((r["v"], r["n"]) for r in part if r["v"].startswith("r")) for part in parts]
     assert found == expected
+
+
+def test_two_views_of_one_data_set_split_alike_when_hashed_over_all_columns(spark) -> None:
+    # the pipeline's two feature sets read different columns of the same rows: hashed over the
+    # columns each reads, they split differently; hashed over every declared column, alike
+    keys = [i % 200 for i in range(1000)]  # each row 5 times
+    table = pa.table({"k": keys, "b": [k % 7 for k in keys], "c": [k % 11 for k in keys]})
+    full = with_content_hash(spark.createDataFrame(table), ["k", "b", "c"], 3)
+
+    def parts(view: list[str], hashed: bool) -> list[tuple]:
+        df = full.select(*view, *([CONTENT_COLUMN] if hashed else []))
+        return sorted((r.k, r[PART_COLUMN]) for r in tag_random(df, 0.2, 0.1, 3).collect())
+
+    assert parts(["k", "b"], hashed=True) == parts(["k", "c"], hashed=True)
+    assert parts(["k", "b"], hashed=False) != parts(["k", "c"], hashed=False)
+    assert CONTENT_COLUMN not in tag_random(full, 0.2, 0.1, 3).columns
