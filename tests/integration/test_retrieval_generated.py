@@ -61,16 +61,24 @@ def test_two_tower_recall_beats_popularity_on_generated_data(
             ranker_run=str(export_runs["wide_deep"]), retrieval_run=str(run_dir), out=str(bundle)
         )
     )
-    # repeats count here: the generator plants repeated exposure to followed authors' tweets.
-    # With each user's train items excluded (evaluate's default) the two-tower model loses to
-    # popularity on this data (recall@50 0.057 vs 0.134 at this seed): issue 16, not solved
-    report = evaluate_bundle(
+    # The project's protocol (evaluate's default): each user's train items excluded, the
+    # served order (two-tower plus the popularity prior chosen on valid) against popularity
+    # and item-kNN. Measured at this seed (326 users): recall@10 0.061 vs 0.048 (item-kNN
+    # 0.005), ndcg@10 0.034 vs 0.026, recall@50 0.139 vs 0.137 (item-kNN 0.018).
+    report = evaluate_bundle(EvaluateSettings(bundle=str(bundle), data=str(processed), k=[10, 50]))
+    assert report["users"] > 200, report
+    served, popularity = report["metrics"]["blend"], report["metrics"]["popularity"]
+    knn = report["metrics"]["item_knn"]
+    assert served["recall@10"] > 1.15 * popularity["recall@10"], report["metrics"]
+    assert served["ndcg@10"] > 1.15 * popularity["ndcg@10"], report["metrics"]
+    assert served["recall@50"] > max(popularity["recall@50"], knn["recall@50"]), report["metrics"]
+    # Repeats counted: the generator plants repeated exposure to followed authors' tweets.
+    # Measured at this seed (378 users): recall@50 0.133 vs 0.127 (item-kNN 0.177). Before
+    # issue 16's two-tower defaults (user histories hiding the row's own item, an L2 prior,
+    # the best epoch chosen on recall of new items) the towers memorised repeats: 0.226 vs
+    # 0.133, ndcg@10 4x popularity's. The defaults now favour new items (README known issues).
+    repeats = evaluate_bundle(
         EvaluateSettings(bundle=str(bundle), data=str(processed), k=[10, 50], exclude_train=False)
     )
-    assert report["users"] > 200, report
-    two_tower, popularity = report["metrics"]["retrieval"], report["metrics"]["popularity"]
-    # measured at this seed (381 users): recall@50 0.226 vs 0.133, recall@10 0.148 vs 0.046,
-    # ndcg@10 0.133 vs 0.030; with version 1's popularity-only exposure popularity won
-    assert two_tower["recall@50"] > popularity["recall@50"], report["metrics"]
-    assert two_tower["recall@10"] > popularity["recall@10"], report["metrics"]
-    assert two_tower["ndcg@10"] > 2 * popularity["ndcg@10"], report["metrics"]
+    two_tower, popularity = repeats["metrics"]["retrieval"], repeats["metrics"]["popularity"]
+    assert two_tower["recall@50"] > popularity["recall@50"], repeats["metrics"]
