@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from recsys.run_report import gap_share  # the pipeline's own definition
+
 REPO = Path(__file__).resolve().parents[2]
 ALL_STAGES = "[generate,features,train,export,evaluate]"
 AUC_STAGES = "[generate,features,train]"
@@ -35,13 +37,6 @@ def _record(work: Path, name: str) -> dict[str, Any] | None:
     if not marker.is_file():
         return None
     return json.loads(marker.read_text())["record"]
-
-
-def gap_share(auc: float, best: float | None) -> float:
-    """(AUC - 0.5) / (best - 0.5), as recsys.run_report computes it."""
-    if best is None or math.isnan(auc) or best <= 0.5:
-        return math.nan
-    return (auc - 0.5) / (best - 0.5)
 
 
 def figures(work: Path, rows: int, k: int = 50) -> list[dict[str, Any]]:
