@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from omegaconf import DictConfig
 
 from recsys.features.columns import FeatureError
 from recsys.features.split import user_split_sizes
@@ -104,6 +105,16 @@ def _ratings_csv(path: Path, users: dict[str, int], start: int = 0) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _ratings_config(tmp_path: Path, *overrides: str) -> tuple[DictConfig, Path]:
+    """The ratings preprocess of the six users' CSV (with `overrides`), and its `out`."""
+    data = tmp_path / "ratings.csv"
+    _ratings_csv(data, USERS)
+    out = tmp_path / "out"
+    return compose_preprocess(
+        [*RATINGS, f"data={data}", f"out={out}", *overrides], tmp_path / "run"
+    ), out
+
+
 def _users_per_split(out: Path, split: str) -> dict[str, int]:
     raw = pq.read_table(out / "user_features", columns=["user_id", "user_id_raw"]).to_pylist()
     names = {r["user_id"]: r["user_id_raw"] for r in raw}
@@ -116,10 +127,7 @@ def _users_per_split(out: Path, split: str) -> dict[str, int]:
 def test_preprocess_carves_valid_and_test_per_user_and_says_so(
     spark, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = tmp_path / "ratings.csv"
-    _ratings_csv(data, USERS)
-    out = tmp_path / "out"
-    cfg = compose_preprocess([*RATINGS, f"data={data}", f"out={out}"], tmp_path / "run")
+    cfg, out = _ratings_config(tmp_path)
     with caplog.at_level(logging.INFO, logger="recsys.preprocess"):
         summary = preprocess(cfg, spark=spark)
     assert summary.rows == {"train": 26, "valid": 4, "test": 6}
@@ -127,7 +135,7 @@ def test_preprocess_carves_valid_and_test_per_user_and_says_so(
     assert _users_per_split(out, "test") == {"u2": 1, "u3": 1, "u4": 1, "u5": 1, "u6": 2}
     assert _users_per_split(out, "valid") == {"u3": 1, "u4": 1, "u5": 1, "u6": 1}
     assert (
-        f"no valid/ or test/ part in {data}: carving split.valid_fraction=0.1, "
+        f"no valid/ or test/ part in {cfg.data}: carving split.valid_fraction=0.1, "
         "split.test_fraction=0.1 from train (split.method=per_user_time)"
     ) in caplog.messages
     assert "  test: 6 rows (carved from train)" in caplog.messages
@@ -152,11 +160,7 @@ def test_an_input_with_its_own_test_part_gets_valid_per_user_only(spark, tmp_pat
 def test_no_test_part_and_no_test_fraction_is_refused_before_spark_work(
     spark, tmp_path: Path
 ) -> None:
-    data = tmp_path / "ratings.csv"
-    _ratings_csv(data, USERS)
-    out = tmp_path / "out"
-    cfg = compose_preprocess([*RATINGS, f"data={data}", f"out={out}", "split.test_fraction=0"],
-                             tmp_path / "run")  # fmt: skip
+    cfg, out = _ratings_config(tmp_path, "split.test_fraction=0")
     with pytest.raises(FeatureError, match=r"has no test/ part and split\.test_fraction=0"):
         preprocess(cfg, spark=spark)
     assert not out.exists() and not list(tmp_path.glob(".out.tmp-*"))
@@ -177,11 +181,7 @@ def test_a_carved_test_part_that_comes_out_empty_is_refused(spark, tmp_path: Pat
 def test_a_test_split_declared_absent_is_neither_carved_nor_written(
     spark, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    data = tmp_path / "ratings.csv"
-    _ratings_csv(data, USERS)
-    out = tmp_path / "out"
-    cfg = compose_preprocess([*RATINGS, f"data={data}", f"out={out}", "split.absent=[test]"],
-                             tmp_path / "run")  # fmt: skip
+    cfg, out = _ratings_config(tmp_path, "split.absent=[test]")
     with caplog.at_level(logging.INFO, logger="recsys.preprocess"):
         summary = preprocess(cfg, spark=spark)
     # valid = held_out(n, 0.1) of each user's rows, none taken by test: 0, 1, 1, 1, 1, 2
